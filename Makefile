@@ -1,0 +1,30 @@
+# Every target that runs something does its own set-up first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?=
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup test demo quality clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch and torchvision first, pinned to the releases this project is tested with
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/chestxray demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA),)
+
+quality: setup
+	$(PY) benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
