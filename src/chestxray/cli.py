@@ -1,0 +1,210 @@
+"""Command-line interface: parse, build a config, call one function.
+
+A research tool, not a diagnostic device.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import Config
+
+app = typer.Typer(
+    help="Infected-vs-Normal chest X-ray classification by two-stage transfer learning. "
+    "Research tool, not a diagnostic device.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+D = Config()  # defaults shown in --help
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError)
+
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Option(None, help="ImageFolder root (train/ val/ test/ with one folder per class) or CSV manifest."),
+    out: Path = typer.Option(..., help="Run directory to create."),
+    config: Optional[Path] = typer.Option(None, help="YAML file setting any option below; flags override it."),
+    model: Optional[str] = typer.Option(None, help=f"Backbone: a registered name (see `chestxray models`) or any timm model. [default: {D.model.model}]"),
+    weights: Optional[Path] = typer.Option(None, help="ImageNet weights file (timm or torchvision format) for the backbone."),
+    no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Start from random weights (explicit; never a silent fallback)."),
+    task: Optional[str] = typer.Option(None, help=f"binary | multiclass | multilabel. [default: {D.data.task}]"),
+    normal_class: Optional[str] = typer.Option(None, help=f"Class name meaning Normal (any case); all others are Infected. [default: {D.data.normal_class}]"),
+    stages: Optional[str] = typer.Option(None, help=f"Stages to run. [default: {D.train.stages}]"),
+    img_size: Optional[int] = typer.Option(None, help=f"Input size in pixels. [default: {D.data.img_size}]"),
+    batch_size: Optional[int] = typer.Option(None, help=f"[default: {D.data.batch_size}]"),
+    epochs_head: Optional[int] = typer.Option(None, help=f"Head-stage epochs (backbone frozen, BN statistics too). [default: {D.train.epochs_head}]"),
+    epochs_finetune: Optional[int] = typer.Option(None, help=f"Finetune-stage epochs (from the best head checkpoint). [default: {D.train.epochs_finetune}]"),
+    lr: Optional[float] = typer.Option(None, help=f"Head-stage learning rate. [default: {D.train.lr}]"),
+    lr_finetune: Optional[float] = typer.Option(None, help=f"Head learning rate in finetune; the backbone gets it x --backbone-lr-factor. [default: {D.train.lr_finetune}]"),
+    backbone_lr_factor: Optional[float] = typer.Option(None, help=f"[default: {D.train.backbone_lr_factor}]"),
+    optimizer: Optional[str] = typer.Option(None, help=f"adamw | sgd. [default: {D.train.optimizer}]"),
+    weight_decay: Optional[float] = typer.Option(None, help=f"[default: {D.train.weight_decay}]"),
+    warmup_epochs: Optional[float] = typer.Option(None, help=f"Linear warm-up before the cosine decay. [default: {D.train.warmup_epochs}]"),
+    loss: Optional[str] = typer.Option(None, help=f"ce | focal. [default: {D.train.loss}]"),
+    focal_gamma: Optional[float] = typer.Option(None, help=f"[default: {D.train.focal_gamma}]"),
+    focal_alpha: Optional[float] = typer.Option(None, help=f"Focal alpha for the positive class; < 0 disables it. [default: {D.train.focal_alpha}]"),
+    class_weights: Optional[bool] = typer.Option(None, "--class-weights/--no-class-weights", help=f"Balance classes in the loss. [default: {D.train.class_weights}]"),
+    unfreeze_last: Optional[int] = typer.Option(None, help=f"Finetune only the last N backbone blocks (0 = all). [default: {D.train.unfreeze_last}]"),
+    finetune_bn: Optional[str] = typer.Option(None, help=f"frozen | train: batch-norm statistics during finetune. [default: {D.train.finetune_bn}]"),
+    monitor: Optional[str] = typer.Option(None, help=f"Validation metric for checkpoints and early stopping: val_auc | val_f1 | val_loss. [default: {D.train.monitor}]"),
+    patience: Optional[int] = typer.Option(None, help=f"Early-stopping patience in epochs. [default: {D.train.patience}]"),
+    val_fraction: Optional[float] = typer.Option(None, help=f"Fraction of train carved out as validation when there is no val split. [default: {D.data.val_fraction}]"),
+    seed: Optional[int] = typer.Option(None, help=f"[default: {D.train.seed}]"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic algorithms (slower)."),
+    skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--no-skip-bad", help="Skip unreadable images (listed in RUN/skipped.csv) instead of stopping."),
+    devices: Optional[str] = typer.Option(None, help=f"Lightning devices. [default: {D.train.devices}]"),
+    accelerator: Optional[str] = typer.Option(None, help=f"cpu | gpu | auto. [default: {D.train.accelerator}]"),
+    precision: Optional[str] = typer.Option(None, help=f"32-true | bf16-mixed | 16-mixed. [default: {D.train.precision}]"),
+    workers: Optional[int] = typer.Option(None, help=f"DataLoader workers. [default: {D.data.workers}]"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """Train a classifier: head stage on the frozen backbone, then fine-tuning; evaluate on test."""
+    from .training.stages import train_run
+
+    cfg = Config.load(config) if config else Config()
+    flags = {k: v for k, v in locals().items() if k not in ("config", "out", "quiet", "cfg", "train_run", "no_pretrained") and v is not None}
+    if "weights" in flags:
+        flags["weights"] = str(flags["weights"])
+    if no_pretrained:
+        flags["pretrained"] = False
+    cfg.update(flags)
+    if not cfg.data.data:
+        _fail(ValueError("no data: give --data or set data in --config"))
+    try:
+        metrics = train_run(cfg, out, progress=not quiet)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo("\n" + metrics["summary"])
+    typer.echo(f"\nrun directory: {out}  (metrics.json, plots/, checkpoints/best.ckpt)")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory (or checkpoints/best.ckpt)."),
+    data: str = typer.Option(..., help="ImageFolder root or CSV manifest."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    out: Optional[Path] = typer.Option(None, help="Output folder. [default: RUN/eval/<data>-<split>]"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+):
+    """Metrics (at 0.5 and at the validation threshold), per-source table, plots, metrics.json."""
+    from .evaluation.evaluate import evaluate_run
+    from .evaluation.report import summary_table
+
+    try:
+        metrics, outdir = evaluate_run(run, data, split, out, skip_bad)
+    except USER_ERRORS as e:
+        _fail(e)
+    if metrics["external"]:
+        typer.echo(f"EXTERNAL evaluation: {data} was not the training data of this run.")
+    if metrics["synthetic"]:
+        typer.echo("*** SYNTHETIC phantom data: not chest X-rays ***")
+    rows = {f"{split} @0.5": metrics["binary"]["at_0.5"], f"{split} @val-thr": metrics["binary"]["at_val_threshold"]}
+    rows.update({f"  {k}": v for k, v in metrics.get("per_source", {}).items()})
+    typer.echo(summary_table(rows))
+    typer.echo(f"\nwritten: {outdir}/metrics.json and {outdir}/plots/")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory (or checkpoints/best.ckpt)."),
+    paths: Optional[list[Path]] = typer.Argument(None, help="Image files or folders."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="CSV manifest; every row is predicted (rows with an empty label are the unlabelled ones)."),
+    unlabelled_only: bool = typer.Option(False, "--unlabelled-only", help="With --csv: only rows with an empty label."),
+    out: Path = typer.Option(Path("predictions.csv"), help="Output CSV."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (reported) instead of stopping."),
+):
+    """Predict P(infected), the label at the run's validation threshold, and per-class probabilities."""
+    from .data.sources import Sample, read_manifest
+    from .inference.predict import expand_paths, load_model, predict_samples
+
+    try:
+        if bool(paths) == bool(csv):
+            raise ValueError("give image PATHS or --csv MANIFEST (one of them)")
+        if csv:
+            splits = read_manifest(csv)
+            samples = [s for k, v in splits.items() for s in v if not unlabelled_only or k == "unlabelled"]
+        else:
+            samples = [Sample(p, None) for p in expand_paths(paths)]
+        if not samples:
+            raise ValueError("nothing to predict")
+        loaded = load_model(run)
+        df, errors = predict_samples(loaded, samples, skip_bad)
+    except USER_ERRORS as e:
+        _fail(e)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    for e in errors:
+        typer.echo(f"skipped: {e}", err=True)
+    n_inf = int((df["predicted"] == "infected").sum())
+    typer.echo(f"{len(df)} images: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {loaded.threshold:.3f})")
+    typer.echo(f"written: {out}")
+
+
+@app.command()
+def models():
+    """List supported models and whether their ImageNet weights are usable offline here."""
+    from .models.backbones import REGISTRY, offline_weights_source
+
+    typer.echo(f"{'model':20s} {'timm':24s} offline ImageNet weights")
+    for name, spec in REGISTRY.items():
+        src = offline_weights_source(name)
+        typer.echo(f"{name:20s} {spec.timm_name:24s} {'yes (' + src + ')' if src else 'no: needs the hub, or --weights FILE'}")
+    typer.echo("\nAny other timm model name also works, with hub weights, --weights FILE or --no-pretrained.")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its data and run."),
+    data: Optional[str] = typer.Option(None, help="Run the same job on real data instead of the synthetic phantoms."),
+    img_size: int = typer.Option(128, help="Demo input size (small, for a CPU)."),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """The whole job offline: synthetic phantoms (or --data), both stages, evaluation, predictions."""
+    from .data.synthetic import make_dataset
+    from .inference.predict import expand_paths, load_model, predict_samples
+    from .data.sources import Sample
+    from .training.stages import train_run
+
+    if data is None:
+        data_dir = out / "synthetic-data"
+        if not (data_dir / "manifest.csv").exists():
+            typer.echo(f"generating SYNTHETIC chest phantoms (not X-rays) in {data_dir} ...")
+            make_dataset(data_dir, n_unlabelled=12, seed=0)
+        data = str(data_dir)
+    cfg = Config()
+    cfg.update({"data": data, "img_size": img_size, "epochs_head": 6, "epochs_finetune": 3, "lr": 3e-3, "lr_finetune": 1e-3})
+    run = out / "run"
+    try:
+        metrics = train_run(cfg, run, progress=not quiet)
+        typer.echo("\n" + metrics["summary"])
+        loaded = load_model(run)
+        unl = Path(data) / "unlabelled"
+        targets = expand_paths([unl]) if unl.is_dir() else [s.path for s in []]
+        if targets:
+            df, _ = predict_samples(loaded, [Sample(p, None, None, "synthetic-phantom") for p in targets])
+            df.to_csv(run / "predictions.csv", index=False)
+            typer.echo(f"\npredicted {len(df)} unlabelled images -> {run / 'predictions.csv'}")
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"run directory: {run}  (metrics.json, plots/, history.csv, checkpoints/best.ckpt)")
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,91 @@
+"""The LightningModule: one model, one stage (head or finetune), validation metrics synced across processes."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+
+from ..config import TrainConfig
+from ..data.labels import TaskScheme
+from ..models.freezing import freeze_batchnorm, param_groups, set_trainable
+from .losses import TaskLoss
+
+
+def infected_target(scheme: TaskScheme, y: torch.Tensor) -> torch.Tensor:
+    """Binary infected-vs-normal target from a task target."""
+    if scheme.task == "binary":
+        return y.reshape(-1).long()
+    if scheme.task == "multiclass":
+        return (y.long() != scheme.classes.index(scheme.normal_class)).long()
+    return (y.reshape(len(y), -1).max(dim=1).values > 0).long()
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        scheme: TaskScheme,
+        stage: str,
+        cfg: TrainConfig,
+        class_weights: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.model, self.scheme, self.stage, self.cfg = model, scheme, stage, cfg
+        set_trainable(model, stage, cfg.unfreeze_last)
+        self.criterion = TaskLoss(scheme.task, cfg.loss, cfg.focal_gamma, cfg.focal_alpha, class_weights)
+        self.val_auc, self.val_f1, self.val_acc = BinaryAUROC(), BinaryF1Score(), BinaryAccuracy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            # head: every backbone BN is frozen, so stays in eval; finetune: as configured
+            all_bn = self.stage == "finetune" and self.cfg.finetune_bn == "frozen"
+            freeze_batchnorm(self.model, only_frozen=not all_bn)
+        return self
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        loss = self.criterion(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        logits = self(x)
+        self.log("val_loss", self.criterion(logits, y), on_epoch=True, prog_bar=True, sync_dist=True)
+        p = self.scheme.p_infected(logits)
+        t = infected_target(self.scheme, y)
+        for metric in (self.val_auc, self.val_f1, self.val_acc):
+            metric.update(p, t)
+        # torchmetrics objects reduce their state across processes when computed
+        self.log("val_auc", self.val_auc, on_epoch=True, prog_bar=True)
+        self.log("val_f1", self.val_f1, on_epoch=True)
+        self.log("val_acc", self.val_acc, on_epoch=True)
+
+    def configure_optimizers(self):
+        head_lr = self.cfg.lr if self.stage == "head" else self.cfg.lr_finetune
+        groups = param_groups(self.model, head_lr, head_lr * self.cfg.backbone_lr_factor, self.cfg.weight_decay)
+        if self.cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups)
+        elif self.cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, momentum=0.9, nesterov=True)
+        else:
+            raise ValueError(f"unknown optimizer '{self.cfg.optimizer}': choose adamw or sgd")
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(self.cfg.warmup_epochs * total / epochs))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

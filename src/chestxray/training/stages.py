@@ -1,0 +1,221 @@
+"""The two-stage recipe: head on a frozen backbone, then fine-tuning from the best head checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from ..config import Config
+from ..data.datamodule import decode_split, make_dataset, make_loader
+from ..data.labels import TaskScheme
+from ..data.sources import DataError, carve_validation, class_counts, is_synthetic, load_samples, write_split_csv
+from ..evaluation.evaluate import SYNTHETIC_NOTE, write_evaluation, write_json
+from ..evaluation.metrics import best_f1_threshold, binary_metrics
+from ..evaluation.report import summary_table
+from ..inference.predict import predict_logits, save_checkpoint
+from ..models.backbones import create_model, get_spec, normalisation
+from .losses import balanced_class_weights
+from .module import ClassifierModule
+
+STAGES = ("head", "finetune")
+log = logging.getLogger("chestxray")
+
+
+def parse_stages(stages: str) -> list[str]:
+    out = [s.strip() for s in stages.split(",") if s.strip()]
+    bad = [s for s in out if s not in STAGES]
+    if not out or bad:
+        raise ValueError(f"--stages must list head and/or finetune, got '{stages}'")
+    return sorted(out, key=STAGES.index)
+
+
+def prepare_splits(cfg: Config, out: Path):
+    splits = load_samples(cfg.data.data)
+    if "train" not in splits:
+        raise DataError(f"{cfg.data.data}: no training split (a train/ folder, or labelled manifest rows)")
+    if "val" not in splits:
+        splits["train"], splits["val"] = carve_validation(splits["train"], cfg.data.val_fraction, cfg.train.seed)
+        log.info("no validation split given: carved %d images from train", len(splits["val"]))
+    scheme = TaskScheme.build(cfg.data.task, {s.label for s in splits["train"]}, cfg.data.normal_class)
+    for name in ("val", "test"):
+        unknown = sorted({s.label for s in splits.get(name, []) if s.label} - set(scheme.classes))
+        if unknown:
+            raise DataError(f"{cfg.data.data}: split '{name}' has labels {unknown} that train lacks {list(scheme.classes)}")
+    labelled = {k: [s for s in v if s.label] for k, v in splits.items() if k in ("train", "val", "test")}
+    write_split_csv(out / "split.csv", labelled)
+    return labelled, scheme
+
+
+def read_history(log_dir: Path, stage: str, offset: int) -> pd.DataFrame:
+    path = log_dir / stage / "version_0" / "metrics.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    df = pd.read_csv(path).drop(columns=["step"], errors="ignore")
+    df = df.groupby("epoch", as_index=False).first()
+    df.insert(0, "stage", stage)
+    df.insert(1, "global_epoch", df["epoch"] + offset)
+    return df
+
+
+def _score(monitor: str, val_metrics: dict, val_loss: float) -> float:
+    """Higher is better."""
+    if monitor == "val_loss":
+        return -val_loss
+    return val_metrics["roc_auc" if monitor == "val_auc" else "f1_infected"] or 0.0
+
+
+def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
+    """Train the configured stages into run directory `out`; evaluate the chosen model; return the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = parse_stages(cfg.train.stages)
+    if cfg.train.monitor not in ("val_auc", "val_f1", "val_loss"):
+        raise ValueError(f"--monitor must be val_auc, val_f1 or val_loss, got '{cfg.train.monitor}'")
+    get_spec(cfg.model.model)  # fail on an unknown model before decoding anything
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    synthetic = is_synthetic(cfg.data.data)
+    splits, scheme = prepare_splits(cfg, out)
+    cfg.save(out / "config.yaml")
+    if synthetic:
+        (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE + "\n")
+
+    decoded = {k: decode_split(v, cfg.data.img_size, cfg.data.skip_bad, f"reading {k}") for k, v in splits.items()}
+    errors = [e for d in decoded.values() for e in d.errors]
+    if errors:
+        with open(out / "skipped.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "reason"])
+            w.writerows([e.path, e.reason] for e in errors)
+        log.warning("skipped %d unreadable files, listed in %s", len(errors), out / "skipped.csv")
+    for k in ("train", "val"):
+        if len(decoded[k].samples) == 0:
+            raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
+
+    model, origin = create_model(cfg.model.model, scheme.num_outputs, cfg.model.weights, cfg.model.pretrained, cfg.model.dropout)
+    mean, std = normalisation(model)
+    size, bs = cfg.data.img_size, cfg.data.batch_size
+    train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=True)
+    val_ds = make_dataset(decoded["val"], scheme, size, mean, std, train=False)
+    train_loader = make_loader(train_ds, bs, True, cfg.data.workers, cfg.train.seed)
+    val_loader = make_loader(val_ds, bs, False, cfg.data.workers)
+    class_weights = (
+        balanced_class_weights(scheme.task, train_ds.targets, scheme.num_outputs) if cfg.train.class_weights else None
+    )
+    y_val = np.array([scheme.is_infected(s.label) for s in decoded["val"].samples])
+    has_test = "test" in decoded and len(decoded["test"].samples) > 0
+    y_test = np.array([scheme.is_infected(s.label) for s in decoded["test"].samples]) if has_test else None
+
+    results: dict[str, dict] = {}
+    states: dict[str, dict] = {}
+    histories = []
+    for stage in stages:
+        epochs = cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune
+        if epochs <= 0:
+            continue
+        module = ClassifierModule(model, scheme, stage, cfg.train, class_weights)
+        ckpt_dir = out / "checkpoints" / stage
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(out / "logs" / stage, ignore_errors=True)
+        mode = "min" if cfg.train.monitor == "val_loss" else "max"
+        ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=True)
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator=cfg.train.accelerator,
+            devices=cfg.train.devices,
+            precision=cfg.train.precision,
+            deterministic=cfg.train.deterministic,
+            callbacks=[ckpt_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode)],
+            logger=CSVLogger(out / "logs", name=stage, version=0),
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            num_sanity_val_steps=0,
+            default_root_dir=out,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            trainer.fit(module, train_loader, val_loader)
+        best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(best)  # the best epoch, not the last
+        model.cpu()
+        states[stage] = {k: v.clone() for k, v in model.state_dict().items()}
+        hist = read_history(out / "logs", stage, sum(len(h) for h in histories))
+        histories.append(hist)
+
+        val_logits = predict_logits(model, decoded["val"].images, size, mean, std)
+        p_val = scheme.p_infected(val_logits).numpy()
+        val_loss = float(module.criterion(val_logits, torch.stack(val_ds.targets)))
+        val_m = binary_metrics(y_val, p_val, 0.5)
+        res = {"val": val_m, "val_loss": val_loss, "score": _score(cfg.train.monitor, val_m, val_loss), "epochs_run": len(hist)}
+        if has_test:
+            test_logits = predict_logits(model, decoded["test"].images, size, mean, std)
+            res["test"] = binary_metrics(y_test, scheme.p_infected(test_logits).numpy(), 0.5)
+        results[stage] = res
+
+    if not results:
+        raise ValueError("no stage ran: set --epochs-head and/or --epochs-finetune above 0")
+    # The final model is the stage with the best validation score; test never chooses anything.
+    final_stage = max(results, key=lambda s: results[s]["score"])
+    model.load_state_dict(states[final_stage])
+    val_logits = predict_logits(model, decoded["val"].images, size, mean, std)
+    threshold = best_f1_threshold(y_val, scheme.p_infected(val_logits).numpy())
+    meta = {
+        "model_name": cfg.model.model,
+        "timm_name": get_spec(cfg.model.model).timm_name,
+        "scheme": scheme.to_dict(),
+        "img_size": size,
+        "mean": list(mean),
+        "std": list(std),
+        "threshold": threshold,
+        "threshold_rule": "best F1 of the infected class on validation",
+        "stage": final_stage,
+        "weights_origin": origin,
+        "config": cfg.to_dict(),
+        "synthetic": synthetic,
+    }
+    save_checkpoint(out / "checkpoints" / "best.ckpt", model, meta)
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    history.to_csv(out / "history.csv", index=False)
+
+    header = {
+        "data": cfg.data.data,
+        "split": "test" if has_test else "val",
+        "external": False,
+        "synthetic": synthetic,
+        "model": cfg.model.model,
+        "weights_origin": origin,
+        "final_stage": final_stage,
+        "val_threshold": threshold,
+        "class_counts": {k: class_counts(d.samples) for k, d in decoded.items()},
+        "unreadable_skipped": [str(e) for e in errors],
+        "stages": results,
+    }
+    eval_split = "test" if has_test else "val"
+    eval_logits = predict_logits(model, decoded[eval_split].images, size, mean, std)
+    metrics = write_evaluation(out, scheme, eval_logits, decoded[eval_split].samples, threshold, header, history)
+    metrics["summary"] = summarise(results, metrics, final_stage, eval_split, synthetic)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def summarise(results: dict, metrics: dict, final_stage: str, split: str, synthetic: bool) -> str:
+    rows = {}
+    for stage, r in results.items():
+        rows[f"{stage} best: val @0.5"] = r["val"]
+        if "test" in r:
+            rows[f"{stage} best: test @0.5"] = r["test"]
+    rows[f"final ({final_stage}) {split} @val-thr"] = metrics["binary"]["at_val_threshold"]
+    text = summary_table(rows)
+    if synthetic:
+        text = f"*** {SYNTHETIC_NOTE} ***\n" + text
+    return text
