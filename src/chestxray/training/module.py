@@ -56,6 +56,10 @@ class ClassifierModule(L.LightningModule):
             freeze_batchnorm(self.model, only_frozen=not all_bn)
         return self
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps whatever mode the modules are in; set it here so frozen BN stays in eval.
+        self.train()
+
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
         loss = self.criterion(self(x), y)

@@ -1,0 +1,114 @@
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from chestxray.data.io import XrayReadError, read_xray
+
+
+def gradient(h=40, w=50, hi=255, dtype=np.uint8):
+    return (np.linspace(0, hi, w)[None, :].repeat(h, 0)).astype(dtype)
+
+
+def write_dicom(path, arr, photometric="MONOCHROME2", window=None, slope=1, intercept=0):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = arr.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_8bit_png_roundtrip(tmp_path):
+    a = gradient()
+    Image.fromarray(a).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_xray(tmp_path / "a.png"), a)
+
+
+def test_16bit_png_scaled_to_full_range(tmp_path):
+    a = gradient(hi=4000, dtype=np.uint16)
+    Image.fromarray(a).save(tmp_path / "a16.png")
+    assert Image.open(tmp_path / "a16.png").mode.startswith("I")
+    out = read_xray(tmp_path / "a16.png")
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert np.all(np.diff(out[0].astype(int)) >= 0)  # order kept
+
+
+def test_rgba_and_rgb_become_grayscale(tmp_path):
+    g = gradient()
+    rgba = np.dstack([g, g, g, np.full_like(g, 255)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    Image.fromarray(rgba[..., :3], "RGB").save(tmp_path / "b.jpg", quality=95)
+    np.testing.assert_array_equal(read_xray(tmp_path / "a.png"), g)
+    assert np.abs(read_xray(tmp_path / "b.jpg").astype(int) - g).max() <= 6
+
+
+def test_tiff(tmp_path):
+    a = gradient()
+    Image.fromarray(a).save(tmp_path / "a.tif")
+    np.testing.assert_array_equal(read_xray(tmp_path / "a.tif"), a)
+
+
+def test_dicom_monochrome2_and_monochrome1_inverted(tmp_path):
+    a = gradient(hi=1000, dtype=np.uint16)
+    write_dicom(tmp_path / "m2.dcm", a, "MONOCHROME2")
+    write_dicom(tmp_path / "m1.dcm", a, "MONOCHROME1")
+    m2, m1 = read_xray(tmp_path / "m2.dcm"), read_xray(tmp_path / "m1.dcm")
+    assert m2[0, 0] == 0 and m2[0, -1] == 255
+    np.testing.assert_array_equal(m1, 255 - m2)
+
+
+def test_dicom_window_applied(tmp_path):
+    a = gradient(hi=1000, dtype=np.uint16)
+    write_dicom(tmp_path / "w.dcm", a, window=(500, 200))  # shows 400..600 only
+    out = read_xray(tmp_path / "w.dcm")
+    row = out[0]
+    cols = np.linspace(0, 1000, a.shape[1])
+    assert row[cols < 390].max() == 0 and row[cols > 610].min() == 255
+    assert 0 < row[np.argmin(np.abs(cols - 500))] < 255
+
+
+def test_dicom_without_suffix_detected(tmp_path):
+    write_dicom(tmp_path / "noext", gradient(hi=1000, dtype=np.uint16))
+    assert read_xray(tmp_path / "noext").max() == 255
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [(b"", "empty file"), (b"this is not an image at all", "not a recognised image"), (None, "file not found")],
+)
+def test_bad_files_name_the_file_and_reason(tmp_path, content, reason):
+    p = tmp_path / "bad.png"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(XrayReadError) as e:
+        read_xray(p)
+    assert str(p) in str(e.value) and reason in str(e.value)
+
+
+def test_truncated_png(tmp_path):
+    p = tmp_path / "trunc.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8)).save(p)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(XrayReadError, match="trunc.png"):
+        read_xray(p)
+
+
+def test_corrupt_dicom(tmp_path):
+    p = tmp_path / "bad.dcm"
+    p.write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 10)
+    with pytest.raises(XrayReadError, match="bad.dcm.*DICOM"):
+        read_xray(p)

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from chestxray.data.labels import TaskScheme
+
+
+def test_binary_scheme_normal_any_case():
+    s = TaskScheme.build("binary", ["COVID", "Normal", "pneumonia"])
+    assert s.normal_class == "Normal" and s.num_outputs == 1
+    assert s.target("COVID").item() == 1.0 and s.target("Normal").item() == 0.0
+    assert torch.allclose(s.p_infected(torch.tensor([[0.0], [100.0]])), torch.tensor([0.5, 1.0]))
+
+
+def test_multiclass_scheme():
+    s = TaskScheme.build("multiclass", ["covid", "normal", "pneumonia"])
+    assert s.output_names == ("covid", "normal", "pneumonia")
+    assert s.target("pneumonia").item() == 2
+    logits = torch.tensor([[0.0, 0.0, 0.0], [-10.0, 10.0, -10.0]])
+    p = s.p_infected(logits)
+    assert torch.allclose(p[0], torch.tensor(2 / 3)) and p[1] < 1e-4
+
+
+def test_multilabel_covid_counts_as_pneumonia():
+    s = TaskScheme.build("multilabel", ["covid", "normal", "pneumonia"])
+    assert s.output_names == ("covid", "pneumonia")
+    assert s.target("covid").tolist() == [1.0, 1.0]
+    assert s.target("pneumonia").tolist() == [0.0, 1.0]
+    assert s.target("normal").tolist() == [0.0, 0.0]
+    assert s.is_infected("covid") == 1 and s.is_infected("normal") == 0
+
+
+def test_custom_normal_class_and_errors():
+    s = TaskScheme.build("binary", ["healthy", "sick"], normal_class="Healthy")
+    assert s.infected_classes == ("sick",)
+    with pytest.raises(ValueError, match="no class named 'normal'"):
+        TaskScheme.build("binary", ["a", "b"])
+    with pytest.raises(ValueError, match="unknown task"):
+        TaskScheme.build("regression", ["normal", "b"])
+    with pytest.raises(ValueError, match="not one of the training classes"):
+        s.target("other")

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from chestxray.evaluation.metrics import best_f1_threshold, binary_metrics, multiclass_metrics, multilabel_metrics
+
+
+def test_binary_metrics_by_hand():
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    p = np.array([0.9, 0.8, 0.3, 0.2, 0.6, 0.1, 0.4, 0.7])
+    m = binary_metrics(y, p, 0.5)
+    # pred: 1 1 0 0 1 0 0 1 -> tp=3 fn=1 fp=1 tn=3
+    assert m["confusion_matrix"]["rows_true_cols_pred"] == [[3, 1], [1, 3]]
+    assert m["sensitivity"] == 0.75 and m["specificity"] == 0.75 and m["precision"] == 0.75
+    assert m["accuracy"] == 0.75 and m["f1_infected"] == pytest.approx(0.75)
+    # AUC: pairs (pos > neg) out of 16: 0.9,0.8,0.7 beat all 4 negatives (12), 0.3 beats 0.2 and 0.1 (2)
+    assert m["roc_auc"] == pytest.approx(14 / 16)
+
+
+def test_single_class_gives_none_auc():
+    m = binary_metrics(np.array([1, 1]), np.array([0.2, 0.9]))
+    assert m["roc_auc"] is None and m["specificity"] is None
+
+
+def test_best_f1_threshold_separates():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])
+    t = best_f1_threshold(y, p)
+    assert 0.35 < t <= 0.4
+    assert binary_metrics(y, p, t)["f1_infected"] == 1.0
+
+
+def test_multiclass_report():
+    y = np.array([0, 1, 2, 2])
+    probs = np.eye(3)[[0, 1, 2, 1]]
+    m = multiclass_metrics(y, probs, ["covid", "normal", "pneumonia"])
+    assert m["accuracy"] == 0.75 and m["per_class"]["pneumonia"]["recall"] == 0.5
+    assert m["confusion_matrix"]["rows_true_cols_pred"][2] == [0, 1, 1]
+
+
+def test_multilabel_samples_f1_and_jaccard():
+    y = np.array([[1, 1], [0, 1], [0, 0]])
+    probs = np.array([[0.9, 0.2], [0.1, 0.8], [0.1, 0.1]])
+    m = multilabel_metrics(y, probs, ["covid", "pneumonia"])
+    # rows: f1 = 2*1/(2+1)=2/3, 1, 1 (normal predicted normal); jaccard = 1/2, 1, 1
+    assert m["samples_f1"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+    assert m["jaccard_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
