@@ -36,38 +36,38 @@ def train(
     data: Optional[str] = typer.Option(None, help="ImageFolder root (train/ val/ test/ with one folder per class) or CSV manifest."),
     out: Path = typer.Option(..., help="Run directory to create."),
     config: Optional[Path] = typer.Option(None, help="YAML file setting any option below; flags override it."),
-    model: Optional[str] = typer.Option(None, help=f"Backbone: a registered name (see `chestxray models`) or any timm model. [default: {D.model.model}]"),
+    model: Optional[str] = typer.Option(None, help=f"Backbone: a registered name (see `chestxray models`) or any timm model. (default: {D.model.model})"),
     weights: Optional[Path] = typer.Option(None, help="ImageNet weights file (timm or torchvision format) for the backbone."),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Start from random weights (explicit; never a silent fallback)."),
-    task: Optional[str] = typer.Option(None, help=f"binary | multiclass | multilabel. [default: {D.data.task}]"),
-    normal_class: Optional[str] = typer.Option(None, help=f"Class name meaning Normal (any case); all others are Infected. [default: {D.data.normal_class}]"),
-    stages: Optional[str] = typer.Option(None, help=f"Stages to run. [default: {D.train.stages}]"),
-    img_size: Optional[int] = typer.Option(None, help=f"Input size in pixels. [default: {D.data.img_size}]"),
-    batch_size: Optional[int] = typer.Option(None, help=f"[default: {D.data.batch_size}]"),
-    epochs_head: Optional[int] = typer.Option(None, help=f"Head-stage epochs (backbone frozen, BN statistics too). [default: {D.train.epochs_head}]"),
-    epochs_finetune: Optional[int] = typer.Option(None, help=f"Finetune-stage epochs (from the best head checkpoint). [default: {D.train.epochs_finetune}]"),
-    lr: Optional[float] = typer.Option(None, help=f"Head-stage learning rate. [default: {D.train.lr}]"),
-    lr_finetune: Optional[float] = typer.Option(None, help=f"Head learning rate in finetune; the backbone gets it x --backbone-lr-factor. [default: {D.train.lr_finetune}]"),
-    backbone_lr_factor: Optional[float] = typer.Option(None, help=f"[default: {D.train.backbone_lr_factor}]"),
-    optimizer: Optional[str] = typer.Option(None, help=f"adamw | sgd. [default: {D.train.optimizer}]"),
-    weight_decay: Optional[float] = typer.Option(None, help=f"[default: {D.train.weight_decay}]"),
-    warmup_epochs: Optional[float] = typer.Option(None, help=f"Linear warm-up before the cosine decay. [default: {D.train.warmup_epochs}]"),
-    loss: Optional[str] = typer.Option(None, help=f"ce | focal. [default: {D.train.loss}]"),
-    focal_gamma: Optional[float] = typer.Option(None, help=f"[default: {D.train.focal_gamma}]"),
-    focal_alpha: Optional[float] = typer.Option(None, help=f"Focal alpha for the positive class; < 0 disables it. [default: {D.train.focal_alpha}]"),
-    class_weights: Optional[bool] = typer.Option(None, "--class-weights/--no-class-weights", help=f"Balance classes in the loss. [default: {D.train.class_weights}]"),
-    unfreeze_last: Optional[int] = typer.Option(None, help=f"Finetune only the last N backbone blocks (0 = all). [default: {D.train.unfreeze_last}]"),
-    finetune_bn: Optional[str] = typer.Option(None, help=f"frozen | train: batch-norm statistics during finetune. [default: {D.train.finetune_bn}]"),
-    monitor: Optional[str] = typer.Option(None, help=f"Validation metric for checkpoints and early stopping: val_auc | val_f1 | val_loss. [default: {D.train.monitor}]"),
-    patience: Optional[int] = typer.Option(None, help=f"Early-stopping patience in epochs. [default: {D.train.patience}]"),
-    val_fraction: Optional[float] = typer.Option(None, help=f"Fraction of train carved out as validation when there is no val split. [default: {D.data.val_fraction}]"),
-    seed: Optional[int] = typer.Option(None, help=f"[default: {D.train.seed}]"),
+    task: Optional[str] = typer.Option(None, help=f"binary | multiclass | multilabel. (default: {D.data.task})"),
+    normal_class: Optional[str] = typer.Option(None, help=f"Class name meaning Normal (any case); all others are Infected. (default: {D.data.normal_class})"),
+    stages: Optional[str] = typer.Option(None, help=f"Stages to run. (default: {D.train.stages})"),
+    img_size: Optional[int] = typer.Option(None, help=f"Input size in pixels. (default: {D.data.img_size})"),
+    batch_size: Optional[int] = typer.Option(None, help=f"(default: {D.data.batch_size})"),
+    epochs_head: Optional[int] = typer.Option(None, help=f"Head-stage epochs (backbone frozen, BN statistics too). (default: {D.train.epochs_head})"),
+    epochs_finetune: Optional[int] = typer.Option(None, help=f"Finetune-stage epochs (from the best head checkpoint). (default: {D.train.epochs_finetune})"),
+    lr: Optional[float] = typer.Option(None, help=f"Head-stage learning rate. (default: {D.train.lr})"),
+    lr_finetune: Optional[float] = typer.Option(None, help=f"Head learning rate in finetune; the backbone gets it x --backbone-lr-factor. (default: {D.train.lr_finetune})"),
+    backbone_lr_factor: Optional[float] = typer.Option(None, help=f"(default: {D.train.backbone_lr_factor})"),
+    optimizer: Optional[str] = typer.Option(None, help=f"adamw | sgd. (default: {D.train.optimizer})"),
+    weight_decay: Optional[float] = typer.Option(None, help=f"(default: {D.train.weight_decay})"),
+    warmup_epochs: Optional[float] = typer.Option(None, help=f"Linear warm-up before the cosine decay. (default: {D.train.warmup_epochs})"),
+    loss: Optional[str] = typer.Option(None, help=f"ce | focal. (default: {D.train.loss})"),
+    focal_gamma: Optional[float] = typer.Option(None, help=f"(default: {D.train.focal_gamma})"),
+    focal_alpha: Optional[float] = typer.Option(None, help=f"Focal alpha for the positive class; < 0 disables it. (default: {D.train.focal_alpha})"),
+    class_weights: Optional[bool] = typer.Option(None, "--class-weights/--no-class-weights", help=f"Balance classes in the loss. (default: {D.train.class_weights})"),
+    unfreeze_last: Optional[int] = typer.Option(None, help=f"Finetune only the last N backbone blocks (0 = all). (default: {D.train.unfreeze_last})"),
+    finetune_bn: Optional[str] = typer.Option(None, help=f"frozen | train: batch-norm statistics during finetune. (default: {D.train.finetune_bn})"),
+    monitor: Optional[str] = typer.Option(None, help=f"Validation metric for checkpoints and early stopping: val_auc | val_f1 | val_loss. (default: {D.train.monitor})"),
+    patience: Optional[int] = typer.Option(None, help=f"Early-stopping patience in epochs. (default: {D.train.patience})"),
+    val_fraction: Optional[float] = typer.Option(None, help=f"Fraction of train carved out as validation when there is no val split. (default: {D.data.val_fraction})"),
+    seed: Optional[int] = typer.Option(None, help=f"(default: {D.train.seed})"),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic algorithms (slower)."),
     skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--no-skip-bad", help="Skip unreadable images (listed in RUN/skipped.csv) instead of stopping."),
-    devices: Optional[str] = typer.Option(None, help=f"Lightning devices. [default: {D.train.devices}]"),
-    accelerator: Optional[str] = typer.Option(None, help=f"cpu | gpu | auto. [default: {D.train.accelerator}]"),
-    precision: Optional[str] = typer.Option(None, help=f"32-true | bf16-mixed | 16-mixed. [default: {D.train.precision}]"),
-    workers: Optional[int] = typer.Option(None, help=f"DataLoader workers. [default: {D.data.workers}]"),
+    devices: Optional[str] = typer.Option(None, help=f"Lightning devices. (default: {D.train.devices})"),
+    accelerator: Optional[str] = typer.Option(None, help=f"cpu | gpu | auto. (default: {D.train.accelerator})"),
+    precision: Optional[str] = typer.Option(None, help=f"32-true | bf16-mixed | 16-mixed. (default: {D.train.precision})"),
+    workers: Optional[int] = typer.Option(None, help=f"DataLoader workers. (default: {D.data.workers})"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
     """Train a classifier: head stage on the frozen backbone, then fine-tuning; evaluate on test."""
@@ -95,7 +95,7 @@ def evaluate(
     run: Path = typer.Argument(..., help="Run directory (or checkpoints/best.ckpt)."),
     data: str = typer.Option(..., help="ImageFolder root or CSV manifest."),
     split: str = typer.Option("test", help="Split to evaluate."),
-    out: Optional[Path] = typer.Option(None, help="Output folder. [default: RUN/eval/<data>-<split>]"),
+    out: Optional[Path] = typer.Option(None, help="Output folder. (default: RUN/eval/<data>-<split>)"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
 ):
     """Metrics (at 0.5 and at the validation threshold), per-source table, plots, metrics.json."""
@@ -169,33 +169,35 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its data and run."),
     data: Optional[str] = typer.Option(None, help="Run the same job on real data instead of the synthetic phantoms."),
     img_size: int = typer.Option(128, help="Demo input size (small, for a CPU)."),
+    images: int = typer.Option(300, help="Number of labelled synthetic images to generate."),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """The whole job offline: synthetic phantoms (or --data), both stages, evaluation, predictions."""
+    from .data.sources import load_samples
     from .data.synthetic import make_dataset
-    from .inference.predict import expand_paths, load_model, predict_samples
-    from .data.sources import Sample
+    from .inference.predict import load_model, predict_samples
     from .training.stages import train_run
 
     if data is None:
         data_dir = out / "synthetic-data"
         if not (data_dir / "manifest.csv").exists():
             typer.echo(f"generating SYNTHETIC chest phantoms (not X-rays) in {data_dir} ...")
-            make_dataset(data_dir, n_unlabelled=12, seed=0)
-        data = str(data_dir)
+            n = max(30, images)
+            counts = {"covid": n * 4 // 15, "normal": n - 2 * (n * 4 // 15), "pneumonia": n * 4 // 15}
+            make_dataset(data_dir, counts, n_unlabelled=12, seed=0)
+        data = str(data_dir / "manifest.csv")
     cfg = Config()
     cfg.update({"data": data, "img_size": img_size, "epochs_head": 6, "epochs_finetune": 3, "lr": 3e-3, "lr_finetune": 1e-3})
     run = out / "run"
     try:
         metrics = train_run(cfg, run, progress=not quiet)
         typer.echo("\n" + metrics["summary"])
-        loaded = load_model(run)
-        unl = Path(data) / "unlabelled"
-        targets = expand_paths([unl]) if unl.is_dir() else [s.path for s in []]
-        if targets:
-            df, _ = predict_samples(loaded, [Sample(p, None, None, "synthetic-phantom") for p in targets])
+        splits = load_samples(data)
+        name = "unlabelled" if splits.get("unlabelled") else "test"
+        if splits.get(name):
+            df, _ = predict_samples(load_model(run), splits[name])
             df.to_csv(run / "predictions.csv", index=False)
-            typer.echo(f"\npredicted {len(df)} unlabelled images -> {run / 'predictions.csv'}")
+            typer.echo(f"\npredicted the {len(df)} {name} images -> {run / 'predictions.csv'}")
     except USER_ERRORS as e:
         _fail(e)
     typer.echo(f"run directory: {run}  (metrics.json, plots/, history.csv, checkpoints/best.ckpt)")

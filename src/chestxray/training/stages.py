@@ -78,6 +78,8 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     """Train the configured stages into run directory `out`; evaluate the chosen model; return the summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device banners and tips
+    warnings.filterwarnings("ignore", ".*treespec.*")
     stages = parse_stages(cfg.train.stages)
     if cfg.train.monitor not in ("val_auc", "val_f1", "val_loss"):
         raise ValueError(f"--monitor must be val_auc, val_f1 or val_loss, got '{cfg.train.monitor}'")
@@ -117,6 +119,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
 
     results: dict[str, dict] = {}
     states: dict[str, dict] = {}
+    logits: dict[str, dict[str, torch.Tensor]] = {}  # stage -> split -> logits of that stage's best model
     histories = []
     for stage in stages:
         epochs = cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune
@@ -152,14 +155,12 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         hist = read_history(out / "logs", stage, sum(len(h) for h in histories))
         histories.append(hist)
 
-        val_logits = predict_logits(model, decoded["val"].images, size, mean, std)
-        p_val = scheme.p_infected(val_logits).numpy()
-        val_loss = float(module.criterion(val_logits, torch.stack(val_ds.targets)))
-        val_m = binary_metrics(y_val, p_val, 0.5)
+        logits[stage] = {k: predict_logits(model, decoded[k].images, size, mean, std) for k in ("val", "test") if k in decoded}
+        val_loss = float(module.criterion(logits[stage]["val"], torch.stack(val_ds.targets)))
+        val_m = binary_metrics(y_val, scheme.p_infected(logits[stage]["val"]).numpy(), 0.5)
         res = {"val": val_m, "val_loss": val_loss, "score": _score(cfg.train.monitor, val_m, val_loss), "epochs_run": len(hist)}
         if has_test:
-            test_logits = predict_logits(model, decoded["test"].images, size, mean, std)
-            res["test"] = binary_metrics(y_test, scheme.p_infected(test_logits).numpy(), 0.5)
+            res["test"] = binary_metrics(y_test, scheme.p_infected(logits[stage]["test"]).numpy(), 0.5)
         results[stage] = res
 
     if not results:
@@ -167,8 +168,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     # The final model is the stage with the best validation score; test never chooses anything.
     final_stage = max(results, key=lambda s: results[s]["score"])
     model.load_state_dict(states[final_stage])
-    val_logits = predict_logits(model, decoded["val"].images, size, mean, std)
-    threshold = best_f1_threshold(y_val, scheme.p_infected(val_logits).numpy())
+    threshold = best_f1_threshold(y_val, scheme.p_infected(logits[final_stage]["val"]).numpy())
     meta = {
         "model_name": cfg.model.model,
         "timm_name": get_spec(cfg.model.model).timm_name,
@@ -201,8 +201,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         "stages": results,
     }
     eval_split = "test" if has_test else "val"
-    eval_logits = predict_logits(model, decoded[eval_split].images, size, mean, std)
-    metrics = write_evaluation(out, scheme, eval_logits, decoded[eval_split].samples, threshold, header, history)
+    metrics = write_evaluation(out, scheme, logits[final_stage][eval_split], decoded[eval_split].samples, threshold, header, history)
     metrics["summary"] = summarise(results, metrics, final_stage, eval_split, synthetic)
     write_json(out / "metrics.json", metrics)
     return metrics

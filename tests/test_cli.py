@@ -1,0 +1,162 @@
+"""The CLI end to end on tiny synthetic phantoms."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from chestxray.cli import app
+
+runner = CliRunner()
+FAST = ["--img-size", "64", "--batch-size", "16", "--epochs-head", "2", "--epochs-finetune", "1", "--quiet"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    res = invoke("train", "--data", tiny_data, "--out", out, *FAST)
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_train_writes_the_run_directory(trained_run):
+    out, output = trained_run
+    for f in ["config.yaml", "split.csv", "history.csv", "metrics.json", "checkpoints/best.ckpt",
+              "checkpoints/head/best.ckpt", "checkpoints/finetune/best.ckpt", "plots/roc.png", "plots/pr.png",
+              "plots/confusion.png", "plots/learning_curves.png", "SYNTHETIC_DATA.txt"]:
+        assert (out / f).exists(), f
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist["stage"]) == ["head", "head", "finetune"]
+    assert hist["val_auc"].notna().all() and hist["train_loss"].notna().all()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] == "test" and m["synthetic"] is True
+    assert set(m["stages"]) == {"head", "finetune"} and m["final_stage"] in m["stages"]
+    assert m["binary"]["at_0.5"]["n"] == 10
+    assert 0 < m["val_threshold"] < 1
+    assert "SYNTHETIC" in output and "head best: test" in output
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["data"]["img_size"] == 64 and cfg["train"]["epochs_head"] == 2
+
+
+def test_final_model_chosen_on_validation_not_test(trained_run):
+    out, _ = trained_run
+    m = json.loads((out / "metrics.json").read_text())
+    scores = {s: r["score"] for s, r in m["stages"].items()}
+    assert m["final_stage"] == max(scores, key=scores.get)
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["stage"] == m["final_stage"] and ckpt["threshold"] == m["val_threshold"]
+
+
+def test_evaluate(trained_run, tiny_data, tmp_path):
+    out, _ = trained_run
+    res = invoke("evaluate", out, "--data", tiny_data / "manifest.csv", "--split", "val", "--out", tmp_path / "ev")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["split"] == "val" and m["binary"]["at_0.5"]["n"] == 10
+    assert "synthetic-phantom" in m["per_source"]
+    for k in ("accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1", "roc_auc", "pr_auc"):
+        assert k in m["binary"]["at_val_threshold"]
+    assert (tmp_path / "ev" / "plots" / "roc.png").exists()
+    missing = invoke("evaluate", out, "--data", tiny_data / "manifest.csv", "--split", "holdout")
+    assert missing.exit_code == 2 and "no 'holdout' split" in missing.output
+
+
+def test_predict_paths_and_unlabelled_manifest(trained_run, tiny_data, tmp_path):
+    out, _ = trained_run
+    res = invoke("predict", out, tiny_data / "test" / "covid", tiny_data / "test" / "normal" / "normal_0016.png",
+                 "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(tmp_path / "p.csv")
+    assert len(df) == 4 and {"path", "p_infected", "predicted", "threshold"} <= set(df.columns)
+    assert df["p_infected"].between(0, 1).all()
+    thr = df["threshold"].iloc[0]
+    assert ((df["p_infected"] >= thr) == (df["predicted"] == "infected")).all()
+    res = invoke("predict", out, "--csv", tiny_data / "manifest.csv", "--unlabelled-only", "--out", tmp_path / "u.csv")
+    assert res.exit_code == 0, res.output
+    u = pd.read_csv(tmp_path / "u.csv")
+    assert len(u) == 4 and all("unlabelled" in p for p in u["path"])
+
+
+def test_wrong_checkpoint_is_a_clear_error(tmp_path, tiny_data):
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"something": torch.zeros(1)}, bad)
+    res = invoke("predict", bad, tiny_data / "test" / "covid")
+    assert res.exit_code == 2 and "not a chestxray checkpoint" in res.output
+    res = invoke("evaluate", tmp_path, "--data", tiny_data)
+    assert res.exit_code == 2 and "no checkpoint found" in res.output
+
+
+def test_corrupt_image_stops_or_is_skipped(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = data / "train" / "covid" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    res = invoke("train", "--data", data, "--out", tmp_path / "r1", *FAST)
+    assert res.exit_code == 2 and "broken.png" in res.output
+    res = invoke("train", "--data", data, "--out", tmp_path / "r2", "--skip-bad", "--stages", "head", *FAST)
+    assert res.exit_code == 0, res.output
+    skipped = pd.read_csv(tmp_path / "r2" / "skipped.csv")
+    assert list(skipped["path"]) == [str(bad)]
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_other_task_schemes_with_focal_loss(task, tiny_data, tmp_path):
+    res = invoke("train", "--data", tiny_data, "--out", tmp_path / task, "--task", task, "--loss", "focal",
+                 "--stages", "head", *FAST)
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / task / "metrics.json").read_text())
+    assert "binary" in m and task in m
+    if task == "multilabel":
+        assert {"samples_f1", "jaccard_accuracy"} <= set(m["multilabel"])
+    else:
+        assert set(m["multiclass"]["per_class"]) == {"covid", "normal", "pneumonia"}
+
+
+def test_config_file_and_flag_override_and_carved_validation(tiny_data, tmp_path):
+    data = tmp_path / "noval"
+    shutil.copytree(tiny_data / "train", data / "train")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"img_size": 48, "batch_size": 8}, "train": {"epochs_head": 1, "lr": 0.01}}))
+    out = tmp_path / "r"
+    res = invoke("train", "--config", cfg, "--data", data, "--out", out, "--img-size", "64", "--stages", "head", "--quiet")
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["img_size"] == 64 and saved["data"]["batch_size"] == 8 and saved["train"]["lr"] == 0.01
+    split = pd.read_csv(out / "split.csv")
+    assert set(split["split"]) == {"train", "val"}
+    assert set(split[split.split == "val"]["label"]) == {"covid", "normal", "pneumonia"}
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"] == "val"  # no test split: nothing claims to be a test figure
+
+
+def test_no_data_and_bad_options(tmp_path, tiny_data):
+    res = invoke("train", "--out", tmp_path / "x")
+    assert res.exit_code == 2 and "no data" in res.output
+    res = invoke("train", "--data", tiny_data, "--out", tmp_path / "y", "--stages", "warmup")
+    assert res.exit_code == 2 and "--stages" in res.output
+
+
+def test_models_command_lists_offline_weights():
+    res = invoke("models")
+    assert res.exit_code == 0
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("efficientnet_lite0"))
+    assert "yes (package" in line
+    assert all(n in res.output for n in ("resnet18", "vgg16", "densenet121"))
+
+
+def test_demo_runs_the_whole_job_on_synthetic_data(tmp_path):
+    res = invoke("demo", "--out", tmp_path / "demo", "--images", "60", "--img-size", "64", "--quiet")
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "demo" / "run"
+    assert "SYNTHETIC" in res.output and (run / "SYNTHETIC_DATA.txt").exists()
+    pred = pd.read_csv(run / "predictions.csv")
+    assert len(pred) == 12 and set(pred["source"]) == {"synthetic-phantom"}
+    assert json.loads((run / "metrics.json").read_text())["synthetic"] is True
