@@ -65,8 +65,21 @@ def test_evaluate(trained_run, tiny_data, tmp_path):
     for k in ("accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1", "roc_auc", "pr_auc"):
         assert k in m["binary"]["at_val_threshold"]
     assert (tmp_path / "ev" / "plots" / "roc.png").exists()
+    assert m["external"] is False  # the manifest of the training folder is the same data
+    assert "EXTERNAL" not in res.output
     missing = invoke("evaluate", out, "--data", tiny_data / "manifest.csv", "--split", "holdout")
     assert missing.exit_code == 2 and "no 'holdout' split" in missing.output
+
+
+def test_external_evaluation_is_labelled(trained_run, tmp_path):
+    from chestxray.data.synthetic import make_dataset
+
+    out, _ = trained_run
+    other = make_dataset(tmp_path / "other", {"covid": 3, "normal": 4, "pneumonia": 3}, size=64, seed=9)
+    res = invoke("evaluate", out, "--data", other, "--out", tmp_path / "ext")
+    assert res.exit_code == 0, res.output
+    assert "EXTERNAL evaluation" in res.output
+    assert json.loads((tmp_path / "ext" / "metrics.json").read_text())["external"] is True
 
 
 def test_predict_paths_and_unlabelled_manifest(trained_run, tiny_data, tmp_path):
@@ -77,6 +90,7 @@ def test_predict_paths_and_unlabelled_manifest(trained_run, tiny_data, tmp_path)
     df = pd.read_csv(tmp_path / "p.csv")
     assert len(df) == 4 and {"path", "p_infected", "predicted", "threshold"} <= set(df.columns)
     assert df["p_infected"].between(0, 1).all()
+    assert (df["p_infected"] + df["p_normal"] - 1).abs().max() < 1e-5
     thr = df["threshold"].iloc[0]
     assert ((df["p_infected"] >= thr) == (df["predicted"] == "infected")).all()
     res = invoke("predict", out, "--csv", tiny_data / "manifest.csv", "--unlabelled-only", "--out", tmp_path / "u.csv")

@@ -47,6 +47,7 @@ def train(
     epochs_head: Optional[int] = typer.Option(None, help=f"Head-stage epochs (backbone frozen, BN statistics too). (default: {D.train.epochs_head})"),
     epochs_finetune: Optional[int] = typer.Option(None, help=f"Finetune-stage epochs (from the best head checkpoint). (default: {D.train.epochs_finetune})"),
     lr: Optional[float] = typer.Option(None, help=f"Head-stage learning rate. (default: {D.train.lr})"),
+    head_augment: Optional[bool] = typer.Option(None, "--head-augment/--no-head-augment", help=f"Augment images in the head stage (finetune always augments). (default: {D.train.head_augment})"),
     lr_finetune: Optional[float] = typer.Option(None, help=f"Head learning rate in finetune; the backbone gets it x --backbone-lr-factor. (default: {D.train.lr_finetune})"),
     backbone_lr_factor: Optional[float] = typer.Option(None, help=f"(default: {D.train.backbone_lr_factor})"),
     optimizer: Optional[str] = typer.Option(None, help=f"adamw | sgd. (default: {D.train.optimizer})"),

@@ -33,7 +33,8 @@ class TrainConfig:
     stages: str = "head,finetune"
     epochs_head: int = 10
     epochs_finetune: int = 4
-    lr: float = 1e-3  # head stage
+    lr: float = 3e-3  # head stage
+    head_augment: bool = False  # augment in the head stage (off: measured better on cxr-nih-cohen validation)
     lr_finetune: float = 3e-4  # head learning rate in the finetune stage
     backbone_lr_factor: float = 0.1  # backbone lr = lr_finetune * this
     optimizer: str = "adamw"  # adamw | sgd

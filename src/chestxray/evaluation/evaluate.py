@@ -66,8 +66,11 @@ def evaluate_run(run: str | Path, data: str | Path, split: str = "test", out: st
     decoded = decode_split(samples, loaded.img_size, skip_bad, desc=f"reading {split}")
     logits = predict_logits(loaded.model, decoded.images, loaded.img_size, loaded.mean, loaded.std)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
-    trained_on = str(Path(loaded.meta.get("config", {}).get("data", {}).get("data", "")).resolve())
-    external = str(Path(data).resolve()) != trained_on
+    # the same files in another form (folder vs its manifest) still count as the training data
+    trained_on = Path(loaded.meta.get("data_resolved", ""))
+    here = Path(data).resolve()
+    roots = {p if p.is_dir() else p.parent for p in (trained_on, here)}
+    external = len(roots) != 1
     out = Path(out) if out else run_dir / "eval" / f"{Path(data).stem}-{split}"
     history_path = run_dir / "history.csv"
     header = {

@@ -111,7 +111,9 @@ def predictions_table(loaded: LoadedModel, split: DecodedSplit, logits: torch.Te
             "threshold": loaded.threshold,
         }
     )
-    if scheme.task != "binary":
+    if scheme.task == "binary":
+        df[f"p_{scheme.normal_class}"] = np.round(1 - p_inf, 6)
+    else:
         for j, name in enumerate(scheme.output_names):
             df[f"p_{name}"] = np.round(probs[:, j], 6)
     if scheme.task == "multiclass":

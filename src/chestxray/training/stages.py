@@ -108,7 +108,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     size, bs = cfg.data.img_size, cfg.data.batch_size
     train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=True)
     val_ds = make_dataset(decoded["val"], scheme, size, mean, std, train=False)
-    train_loader = make_loader(train_ds, bs, True, cfg.data.workers, cfg.train.seed)
+    plain_train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=False)
     val_loader = make_loader(val_ds, bs, False, cfg.data.workers)
     class_weights = (
         balanced_class_weights(scheme.task, train_ds.targets, scheme.num_outputs) if cfg.train.class_weights else None
@@ -126,6 +126,8 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         if epochs <= 0:
             continue
         module = ClassifierModule(model, scheme, stage, cfg.train, class_weights)
+        augment = stage == "finetune" or cfg.train.head_augment
+        train_loader = make_loader(train_ds if augment else plain_train_ds, bs, True, cfg.data.workers, cfg.train.seed)
         ckpt_dir = out / "checkpoints" / stage
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(out / "logs" / stage, ignore_errors=True)
@@ -182,6 +184,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         "weights_origin": origin,
         "config": cfg.to_dict(),
         "synthetic": synthetic,
+        "data_resolved": str(Path(cfg.data.data).resolve()),
     }
     save_checkpoint(out / "checkpoints" / "best.ckpt", model, meta)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
