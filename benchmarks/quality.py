@@ -47,14 +47,16 @@ def main(argv=None) -> int:
     for k in keys:
         print(f"{k:14s}" + "".join(f"{stages[s]['test'][k]:12.3f}" for s in stages))
     print(f"{'val roc_auc':14s}" + "".join(f"{stages[s]['val']['roc_auc']:12.3f}" for s in stages))
-    print(f"\nfinal model: {m['final_stage']} (best validation {json.loads(json.dumps(m['stages'][m['final_stage']]['score'])):.3f});"
+    print(f"\nfinal model: {m['final_stage']} (validation score {m['stages'][m['final_stage']]['score']:.3f});"
           f" at the validation-chosen threshold {m['val_threshold']:.3f}:")
     b = m["binary"]["at_val_threshold"]
     print("  " + ", ".join(f"{k}={b[k]:.3f}" for k in keys))
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
     for src, sm in m.get("per_source", {}).items():
-        print(f"  source {src}: n={sm['n']} (infected {sm['n_infected']}), accuracy={sm['accuracy']:.3f}, "
-              f"sensitivity={sm['sensitivity'] if sm['sensitivity'] is not None else float('nan'):.3f}, "
-              f"specificity={sm['specificity'] if sm['specificity'] is not None else float('nan'):.3f}")
+        print(f"  source {src}: n={sm['n']} (infected {sm['n_infected']}), roc_auc={f(sm['roc_auc'])}, "
+              f"accuracy={f(sm['accuracy'])}, sensitivity={f(sm['sensitivity'])}, specificity={f(sm['specificity'])}")
     print(f"\nwall time {wall / 60:.1f} min; run directory {args.out}")
     return 0
 

@@ -60,6 +60,8 @@ def evaluate_run(run: str | Path, data: str | Path, split: str = "test", out: st
     if split not in splits:
         raise DataError(f"{data}: no '{split}' split (found: {sorted(splits)})")
     samples = [s for s in splits[split] if s.label is not None]
+    if not samples:
+        raise DataError(f"{data}: split '{split}' has no labelled images to evaluate (use `chestxray predict`)")
     unknown = sorted({s.label for s in samples} - set(loaded.scheme.classes))
     if unknown:
         raise DataError(f"{data}: labels {unknown} in split '{split}' are not among the model's classes {list(loaded.scheme.classes)}")
