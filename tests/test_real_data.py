@@ -28,7 +28,7 @@ def test_head_stage_on_real_data_beats_the_floor(tmp_path):
     assert m["binary"]["at_0.5"]["n"] == 218 and m["binary"]["at_0.5"]["n_infected"] == 136
     test = m["binary"]["at_val_threshold"]
     # floor: well above chance on the held-out, patient-level test split
-    assert test["roc_auc"] >= 0.85, test
-    assert test["accuracy"] >= 0.75, test
+    assert test["roc_auc"] >= 0.90, test
+    assert test["accuracy"] >= 0.80, test
     sources = set(m["per_source"])
     assert "cohen-covid-chestxray-dataset" in sources and any(s.startswith("nih-chestxray8") for s in sources)
