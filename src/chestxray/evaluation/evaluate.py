@@ -69,7 +69,7 @@ def evaluate_run(run: str | Path, data: str | Path, split: str = "test", out: st
     logits = predict_logits(loaded.model, decoded.images, loaded.img_size, loaded.mean, loaded.std)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
     # the same files in another form (folder vs its manifest) still count as the training data
-    trained_on = Path(loaded.meta.get("data_resolved", ""))
+    trained_on = Path(loaded.meta.get("data_resolved") or loaded.meta["config"]["data"]["data"]).resolve()
     here = Path(data).resolve()
     roots = {p if p.is_dir() else p.parent for p in (trained_on, here)}
     external = len(roots) != 1

@@ -91,6 +91,8 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     if synthetic:
         (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE + "\n")
 
+    # weights before decoding: a missing weights file should stop the run before any slow work
+    model, origin = create_model(cfg.model.model, scheme.num_outputs, cfg.model.weights, cfg.model.pretrained, cfg.model.dropout)
     decoded = {k: decode_split(v, cfg.data.img_size, cfg.data.skip_bad, f"reading {k}") for k, v in splits.items()}
     errors = [e for d in decoded.values() for e in d.errors]
     if errors:
@@ -103,7 +105,6 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         if len(decoded[k].samples) == 0:
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
 
-    model, origin = create_model(cfg.model.model, scheme.num_outputs, cfg.model.weights, cfg.model.pretrained, cfg.model.dropout)
     mean, std = normalisation(model)
     size, bs = cfg.data.img_size, cfg.data.batch_size
     train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=True)
