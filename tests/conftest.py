@@ -2,6 +2,9 @@ import os
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import tempfile  # noqa: E402
+
+os.environ["CHESTXRAY_CACHE"] = tempfile.mkdtemp(prefix="chestxray-cache-")
 os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "torch-home"))
 
 from pathlib import Path  # noqa: E402

@@ -18,6 +18,7 @@ class DataConfig:
     val_fraction: float = 0.15  # carved from train (patient-level, stratified) when there is no val split
     skip_bad: bool = False
     workers: int = 0  # DataLoader workers; images are decoded once up front, so 0 is fine on a CPU
+    cache_dir: str | None = None  # decoded-image and feature cache (default: $CHESTXRAY_CACHE or ~/.cache/chestxray)
 
 
 @dataclass

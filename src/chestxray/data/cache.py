@@ -1,15 +1,34 @@
-"""Decoded-image cache: every image is read and resized once; epochs read arrays, not files."""
+"""Decoded-image cache: every image is read and resized once into a memory-mapped uint8 store on disk.
+
+Layout: CACHE_DIR/decoded/<side>/shard-<id>.npy (N, side, side) uint8, with shard-<id>.json listing the
+key of each row. A key hashes the file's absolute path, size, modification time and the stored side,
+so a changed file (or another size) is decoded again and an unchanged one never is. New images go to a
+new shard; old shards stay valid. Building holds a file lock, so when several processes (DDP ranks)
+share a cache one builds and the others wait, then read.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
+import uuid
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .io import XrayReadError, read_xray
+
+CHUNK = 256  # images decoded per batch of work while building (bounds memory)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CHESTXRAY_CACHE", Path.home() / ".cache" / "chestxray"))
 
 
 def cache_size_for(img_size: int) -> int:
@@ -30,29 +49,141 @@ def _decode_or_error(args):
         return None, e
 
 
-def decode_all(
-    paths: list[str], size: int, skip_bad: bool = False, workers: int | None = None, desc: str = "decoding"
-) -> tuple[np.ndarray, list[int], list[XrayReadError]]:
-    """Decode `paths` into one (N, size, size) uint8 array.
+def file_key(path: str, size: int) -> str:
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+        sig = f"{p}|{st.st_size}|{st.st_mtime_ns}|{size}"
+    except OSError:
+        sig = f"{p}|missing|{size}"
+    return hashlib.sha1(sig.encode()).hexdigest()
 
-    Returns the array, the indices of `paths` it holds, and the read errors. Without `skip_bad`
-    the first unreadable file raises its XrayReadError.
-    """
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    jobs = [(p, size) for p in paths]
-    if workers > 1 and len(paths) >= 64:
-        with ProcessPoolExecutor(workers) as ex:
-            results = list(tqdm(ex.map(_decode_or_error, jobs, chunksize=16), total=len(jobs), desc=desc, leave=False))
-    else:
-        results = [_decode_or_error(j) for j in tqdm(jobs, desc=desc, leave=False)]
-    kept, errors, arrays = [], [], []
-    for i, (arr, err) in enumerate(results):
-        if err is not None:
-            if not skip_bad:
-                raise err
-            errors.append(err)
-            continue
-        kept.append(i)
-        arrays.append(arr)
-    stack = np.stack(arrays) if arrays else np.zeros((0, size, size), np.uint8)
-    return stack, kept, errors
+
+@contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class ImageStore:
+    """A read-only sequence of (side, side) uint8 images spread over memory-mapped shards."""
+
+    def __init__(self, refs: list[tuple[np.ndarray, int]], side: int):
+        self.refs = refs
+        self.side = side
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        shard, row = self.refs[i]
+        return shard[row]
+
+    def subset(self, idx: list[int]) -> "ImageStore":
+        return ImageStore([self.refs[i] for i in idx], self.side)
+
+    def to_array(self) -> np.ndarray:
+        return np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros((0, self.side, self.side), np.uint8)
+
+
+class DecodedCache:
+    def __init__(self, root: str | Path | None, side: int):
+        self.side = side
+        self.dir = Path(root or default_cache_dir()) / "decoded" / str(side)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._shards: dict[str, np.ndarray] = {}
+
+    def _index(self) -> dict[str, tuple[str, int]]:
+        index = {}
+        for meta in sorted(self.dir.glob("shard-*.json")):
+            name = meta.stem
+            if not (self.dir / f"{name}.npy").exists():
+                continue
+            for row, key in enumerate(json.loads(meta.read_text())["keys"]):
+                index[key] = (name, row)
+        return index
+
+    def _shard(self, name: str) -> np.ndarray:
+        if name not in self._shards:
+            self._shards[name] = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+        return self._shards[name]
+
+    def _build(self, paths: list[str], keys: list[str], workers: int, desc: str) -> dict[str, XrayReadError]:
+        """Decode `paths` into one new shard; return the read errors by key."""
+        name = f"shard-{uuid.uuid4().hex[:12]}"
+        tmp = self.dir / f".{name}.npy.tmp"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), self.side, self.side))
+        errors, ok_keys = {}, []
+        bar = tqdm(total=len(paths), desc=desc, leave=False)
+        pool = ProcessPoolExecutor(workers) if workers > 1 and len(paths) >= 64 else None
+        try:
+            row = 0
+            for start in range(0, len(paths), CHUNK):
+                jobs = [(p, self.side) for p in paths[start : start + CHUNK]]
+                results = pool.map(_decode_or_error, jobs, chunksize=8) if pool else map(_decode_or_error, jobs)
+                for key, (arr, err) in zip(keys[start : start + CHUNK], results):
+                    bar.update()
+                    if err is not None:
+                        errors[key] = err
+                        continue
+                    out[row] = arr
+                    ok_keys.append(key)
+                    row += 1
+        finally:
+            bar.close()
+            if pool:
+                pool.shutdown()
+        out.flush()
+        del out
+        if ok_keys:
+            if len(ok_keys) < len(paths):  # unreadable files: keep a trimmed copy
+                np.save(self.dir / f".{name}.trim.npy", np.load(tmp, mmap_mode="r")[: len(ok_keys)])
+                os.replace(self.dir / f".{name}.trim.npy", tmp)
+            os.replace(tmp, self.dir / f"{name}.npy")
+            tmp_meta = self.dir / f".{name}.json.tmp"
+            tmp_meta.write_text(json.dumps({"keys": ok_keys}))
+            os.replace(tmp_meta, self.dir / f"{name}.json")  # the shard exists once its key list does
+        tmp.unlink(missing_ok=True)
+        return errors
+
+    def get(
+        self, paths: list[str], skip_bad: bool = False, workers: int | None = None, desc: str = "decoding"
+    ) -> tuple[ImageStore, list[int], list[XrayReadError]]:
+        """The images of `paths` (decoding those not cached), the indices kept, and the read errors.
+
+        Without `skip_bad` the first unreadable file raises its XrayReadError.
+        """
+        workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+        keys = [file_key(p, self.side) for p in paths]
+        with file_lock(self.dir / ".lock"):
+            index = self._index()
+            missing = sorted({k: p for k, p in zip(keys, paths) if k not in index}.items(), key=lambda kp: kp[1])
+            errors = {}
+            if missing:
+                errors = self._build([p for _, p in missing], [k for k, _ in missing], workers, desc)
+                index = self._index()
+        refs, kept, errs = [], [], []
+        for i, k in enumerate(keys):
+            if k in index:
+                name, row = index[k]
+                refs.append((self._shard(name), row))
+                kept.append(i)
+            else:
+                err = errors.get(k) or XrayReadError(paths[i], "unreadable (not in the decoded cache)")
+                if not skip_bad:
+                    raise err
+                errs.append(err)
+        return ImageStore(refs, self.side), kept, errs
+
+
+def decode_all(
+    paths: list[str], size: int, skip_bad: bool = False, workers: int | None = None, desc: str = "decoding",
+    cache_dir: str | Path | None = None,
+) -> tuple[ImageStore, list[int], list[XrayReadError]]:
+    """Decoded (size, size) images of `paths` via the on-disk cache; see DecodedCache.get."""
+    return DecodedCache(cache_dir, size).get(paths, skip_bad, workers, desc)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import cache_size_for, decode_all
+from .cache import ImageStore, cache_size_for, decode_all
 from .io import XrayReadError
 from .labels import TaskScheme
 from .sources import Sample
@@ -37,12 +37,12 @@ class DecodedDataset(Dataset):
 @dataclass
 class DecodedSplit:
     samples: list[Sample]  # the samples that decoded, in order
-    images: np.ndarray
+    images: ImageStore
     errors: list[XrayReadError] = field(default_factory=list)
 
 
-def decode_split(samples: list[Sample], img_size: int, skip_bad: bool, desc: str) -> DecodedSplit:
-    images, kept, errors = decode_all([s.path for s in samples], cache_size_for(img_size), skip_bad, desc=desc)
+def decode_split(samples: list[Sample], img_size: int, skip_bad: bool, desc: str, cache_dir=None) -> DecodedSplit:
+    images, kept, errors = decode_all([s.path for s in samples], cache_size_for(img_size), skip_bad, desc=desc, cache_dir=cache_dir)
     return DecodedSplit([samples[i] for i in kept], images, errors)
 
 

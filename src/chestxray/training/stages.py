@@ -93,7 +93,9 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
 
     # weights before decoding: a missing weights file should stop the run before any slow work
     model, origin = create_model(cfg.model.model, scheme.num_outputs, cfg.model.weights, cfg.model.pretrained, cfg.model.dropout)
-    decoded = {k: decode_split(v, cfg.data.img_size, cfg.data.skip_bad, f"reading {k}") for k, v in splits.items()}
+    decoded = {
+        k: decode_split(v, cfg.data.img_size, cfg.data.skip_bad, f"decoding {k}", cfg.data.cache_dir) for k, v in splits.items()
+    }
     errors = [e for d in decoded.values() for e in d.errors]
     if errors:
         with open(out / "skipped.csv", "w", newline="") as f:
