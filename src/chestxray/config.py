@@ -36,6 +36,8 @@ class TrainConfig:
     epochs_finetune: int = 4
     lr: float = 3e-3  # head stage
     head_augment: bool = False  # augment in the head stage (off: measured better on cxr-nih-cohen validation)
+    head_features: bool = True  # head stage on features computed once (off: through the frozen backbone)
+    feature_views: int = 0  # extra augmented views per image in the feature cache (head stage)
     lr_finetune: float = 3e-4  # head learning rate in the finetune stage
     backbone_lr_factor: float = 0.1  # backbone lr = lr_finetune * this
     optimizer: str = "adamw"  # adamw | sgd
@@ -53,7 +55,11 @@ class TrainConfig:
     deterministic: bool = False
     accelerator: str = "auto"
     devices: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"  # auto: bf16-mixed where the CPU/GPU supports bf16, else 16-mixed (GPU) or 32-true
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model (opt-in)
+    num_nodes: int = 1
+    strategy: str = "auto"
 
 
 @dataclass

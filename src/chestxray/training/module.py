@@ -38,15 +38,23 @@ class ClassifierModule(L.LightningModule):
         stage: str,
         cfg: TrainConfig,
         class_weights: torch.Tensor | None = None,
+        head_fn=None,
     ):
         super().__init__()
         self.model, self.scheme, self.stage, self.cfg = model, scheme, stage, cfg
+        self.head_fn = head_fn  # set: inputs are cached features, only the head runs
+        # not a registered submodule: checkpoints hold `model.*` once, compiled or not
+        self.__dict__["_net"] = torch.compile(model) if cfg.compile and head_fn is None else model
         set_trainable(model, stage, cfg.unfreeze_last)
         self.criterion = TaskLoss(scheme.task, cfg.loss, cfg.focal_gamma, cfg.focal_alpha, class_weights)
         self.val_auc, self.val_f1, self.val_acc = BinaryAUROC(), BinaryF1Score(), BinaryAccuracy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if self.head_fn is not None:
+            return self.head_fn(x)
+        if self.cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._net(x)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -23,7 +23,9 @@ from ..evaluation.evaluate import SYNTHETIC_NOTE, write_evaluation, write_json
 from ..evaluation.metrics import best_f1_threshold, binary_metrics
 from ..evaluation.report import summary_table
 from ..inference.predict import predict_logits, save_checkpoint
+from ..data.cache import default_cache_dir, file_key
 from ..models.backbones import create_model, get_spec, normalisation
+from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
 from .losses import balanced_class_weights
 from .module import ClassifierModule
 
@@ -74,6 +76,39 @@ def _score(monitor: str, val_metrics: dict, val_loss: float) -> float:
     return val_metrics["roc_auc" if monitor == "val_auc" else "f1_infected"] or 0.0
 
 
+def resolve_precision(precision: str) -> str:
+    """'auto': bf16 autocast where the hardware supports it, fp16 AMP on older GPUs, else fp32."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    try:
+        cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        cpu_bf16 = False
+    return "bf16-mixed" if cpu_bf16 else "32-true"
+
+
+def head_features(cfg: Config, model, decoded: dict, mean, std, precision: str) -> dict[str, torch.Tensor]:
+    """Features of every split from the frozen backbone, computed once and cached on disk."""
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    fingerprint = state_fingerprint(model)
+    feats = {}
+    for name, split in decoded.items():
+        views = cfg.train.feature_views if name == "train" else 0
+        key = [fingerprint, get_spec(cfg.model.model).timm_name, str(cfg.data.img_size), str(views),
+               str(cfg.train.seed), precision, str(cfg.train.channels_last)]
+        key += [file_key(s.path, cfg.data.img_size) for s in split.samples]
+        feats[name] = cached_features(
+            cache_dir, key,
+            lambda split=split, views=views: extract_features(
+                model, split.images, cfg.data.img_size, mean, std, views, cfg.train.seed,
+                precision=precision, channels_last=cfg.train.channels_last,
+            ),
+        )
+    return feats
+
+
 def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     """Train the configured stages into run directory `out`; evaluate the chosen model; return the summary."""
     out = Path(out)
@@ -108,6 +143,9 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
 
     mean, std = normalisation(model)
+    precision = resolve_precision(cfg.train.precision)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     size, bs = cfg.data.img_size, cfg.data.batch_size
     train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=True)
     val_ds = make_dataset(decoded["val"], scheme, size, mean, std, train=False)
@@ -128,9 +166,18 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         epochs = cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune
         if epochs <= 0:
             continue
-        module = ClassifierModule(model, scheme, stage, cfg.train, class_weights)
-        augment = stage == "finetune" or cfg.train.head_augment
-        train_loader = make_loader(train_ds if augment else plain_train_ds, bs, True, cfg.data.workers, cfg.train.seed)
+        on_features = stage == "head" and cfg.train.head_features and (not cfg.train.head_augment or cfg.train.feature_views > 0)
+        if on_features:
+            feats = head_features(cfg, model, decoded, mean, std, precision)
+            head_fn = head_split(model)[1]
+            module = ClassifierModule(model, scheme, stage, cfg.train, class_weights, head_fn=head_fn)
+            train_loader = make_loader(FeatureDataset(feats["train"], train_ds.targets), bs, True, 0, cfg.train.seed)
+            stage_val_loader = make_loader(FeatureDataset(feats["val"], val_ds.targets), bs, False)
+        else:
+            module = ClassifierModule(model, scheme, stage, cfg.train, class_weights)
+            augment = stage == "finetune" or cfg.train.head_augment
+            train_loader = make_loader(train_ds if augment else plain_train_ds, bs, True, cfg.data.workers, cfg.train.seed)
+            stage_val_loader = val_loader
         ckpt_dir = out / "checkpoints" / stage
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(out / "logs" / stage, ignore_errors=True)
@@ -140,7 +187,9 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
             max_epochs=epochs,
             accelerator=cfg.train.accelerator,
             devices=cfg.train.devices,
-            precision=cfg.train.precision,
+            precision=precision,
+            num_nodes=cfg.train.num_nodes,
+            strategy=cfg.train.strategy,
             deterministic=cfg.train.deterministic,
             callbacks=[ckpt_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode)],
             logger=CSVLogger(out / "logs", name=stage, version=0),
@@ -152,7 +201,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            trainer.fit(module, train_loader, val_loader)
+            trainer.fit(module, train_loader, stage_val_loader)
         best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(best)  # the best epoch, not the last
         model.cpu()
@@ -160,7 +209,12 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         hist = read_history(out / "logs", stage, sum(len(h) for h in histories))
         histories.append(hist)
 
-        logits[stage] = {k: predict_logits(model, decoded[k].images, size, mean, std) for k in ("val", "test") if k in decoded}
+        if on_features:
+            with torch.no_grad():
+                model.eval()
+                logits[stage] = {k: head_fn(feats[k][0]).float() for k in ("val", "test") if k in decoded}
+        else:
+            logits[stage] = {k: predict_logits(model, decoded[k].images, size, mean, std) for k in ("val", "test") if k in decoded}
         val_loss = float(module.criterion(logits[stage]["val"], torch.stack(val_ds.targets)))
         val_m = binary_metrics(y_val, scheme.p_infected(logits[stage]["val"]).numpy(), 0.5)
         res = {"val": val_m, "val_loss": val_loss, "score": _score(cfg.train.monitor, val_m, val_loss), "epochs_run": len(hist)}

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from chestxray.cli import app
+from chestxray.models.backbones import create_model
+from chestxray.models.features import extract_features, head_split
+
+COMMON = ["--stages", "head", "--img-size", "64", "--batch-size", "8", "--epochs-head", "3", "--quiet",
+          "--precision", "32-true", "--seed", "5"]
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "vgg16"])
+def test_head_split_reproduces_the_model(name):
+    model, _ = create_model(name, 2, pretrained=name == "efficientnet_lite0")
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.01)
+    model.eval()
+    frozen, head = head_split(model)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(head(frozen(x)), model(x), atol=1e-5)
+
+
+def test_feature_views():
+    model, _ = create_model("efficientnet_lite0", 1)
+    images = torch.randint(0, 255, (4, 72, 72), dtype=torch.uint8).numpy()
+    f = extract_features(model, images, 64, (0.5,) * 3, (0.5,) * 3, views=2, channels_last=False)
+    assert f.shape == (3, 4, 1280)
+    assert not torch.allclose(f[0], f[1])  # augmented views differ from the plain one
+    again = extract_features(model, images, 64, (0.5,) * 3, (0.5,) * 3, views=0, channels_last=True)
+    assert torch.allclose(again[0], f[0], atol=1e-4)
+
+
+def test_head_on_cached_features_matches_the_frozen_backbone(tiny_data, tmp_path):
+    runner = CliRunner()
+    cfg = tmp_path / "nodrop.yaml"
+    cfg.write_text("model:\n  dropout: 0.0\n")  # without dropout masks the two paths are the same computation
+    outs = {}
+    for mode in ("--head-features", "--no-head-features"):
+        out = tmp_path / mode.strip("-")
+        res = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(tiny_data), "--out", str(out), mode, *COMMON])
+        assert res.exit_code == 0, res.output
+        outs[mode] = json.loads((out / "metrics.json").read_text())
+        outs[mode]["ckpt"] = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    a, b = outs["--head-features"], outs["--no-head-features"]
+    for split in ("val", "test"):
+        assert a["stages"]["head"][split]["roc_auc"] == pytest.approx(b["stages"]["head"][split]["roc_auc"], abs=0.02)
+        assert a["stages"]["head"][split]["accuracy"] == pytest.approx(b["stages"]["head"][split]["accuracy"], abs=0.15)
+    assert a["stages"]["head"]["val_loss"] == pytest.approx(b["stages"]["head"]["val_loss"], rel=0.1)
+    # the same training, so the same classifier up to float noise
+    assert torch.allclose(a["ckpt"]["classifier.weight"], b["ckpt"]["classifier.weight"], atol=1e-4)
