@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .cache import ImageStore, cache_size_for, decode_all
 from .io import XrayReadError
@@ -28,7 +29,7 @@ class DecodedDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        x = torch.from_numpy(np.ascontiguousarray(self.images[i])).unsqueeze(0)
+        x = torch.from_numpy(np.array(self.images[i])).unsqueeze(0)  # a writable copy of the memory-mapped row
         x = self.normalize(self.transform(x))
         y = self.targets[i] if self.targets is not None else torch.tensor(-1.0)
         return x, y, i
@@ -52,14 +53,57 @@ def make_dataset(split: DecodedSplit, scheme: TaskScheme | None, img_size: int, 
     return DecodedDataset(split.images, targets, tf, Normalize3(mean, std))
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 0, seed: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, train: bool, workers: int = 0, seed: int = 0, sampler: Sampler | None = None
+) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train and len(dataset) > batch_size,
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
         generator=g,
     )
+
+
+class ShardSampler(Sampler):
+    """Rank r of w gets indices r, r + w, ...: every item exactly once across ranks, no padding.
+
+    DistributedSampler pads the last batch with repeated items, which would bias validation metrics.
+    """
+
+    def __init__(self, n: int, world: int, rank: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class StageData(L.LightningDataModule):
+    """Train and validation loaders for one stage, sharded by hand across DDP processes."""
+
+    def __init__(self, train_ds: Dataset, val_ds: Dataset, batch_size: int, workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.train_ds, self.val_ds, self.bs, self.workers, self.seed = train_ds, val_ds, batch_size, workers, seed
+
+    def _world(self) -> tuple[int, int]:
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        sampler = None
+        if world > 1:
+            sampler = DistributedSampler(self.train_ds, world, rank, shuffle=True, seed=self.seed, drop_last=True)
+        return make_loader(self.train_ds, self.bs, True, self.workers, self.seed, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        sampler = ShardSampler(len(self.val_ds), world, rank) if world > 1 else None
+        return make_loader(self.val_ds, self.bs, False, self.workers, sampler=sampler)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ..config import Config
-from ..data.datamodule import decode_split, make_dataset, make_loader
+from ..data.datamodule import StageData, decode_split, make_dataset
 from ..data.labels import TaskScheme
 from ..data.sources import DataError, carve_validation, class_counts, is_synthetic, load_samples, write_split_csv
 from ..evaluation.evaluate import SYNTHETIC_NOTE, write_evaluation, write_json
@@ -41,7 +42,21 @@ def parse_stages(stages: str) -> list[str]:
     return sorted(out, key=STAGES.index)
 
 
-def prepare_splits(cfg: Config, out: Path):
+def launched_as_global_zero() -> bool:
+    """Before a Trainer exists: is this the process that writes the run directory?
+
+    DDP processes started by Lightning, torchrun or SLURM carry their rank in the environment; a plain
+    process (and the one that launches the others) has none and is rank zero.
+    """
+    env = os.environ
+    if "RANK" in env:  # torchrun
+        return int(env["RANK"]) == 0
+    if "LOCAL_RANK" in env:  # Lightning's own launcher
+        return int(env["LOCAL_RANK"]) == 0 and int(env.get("NODE_RANK", 0)) == 0
+    return int(env.get("SLURM_PROCID", 0)) == 0  # srun
+
+
+def prepare_splits(cfg: Config, out: Path, write: bool = True):
     splits = load_samples(cfg.data.data)
     if "train" not in splits:
         raise DataError(f"{cfg.data.data}: no training split (a train/ folder, or labelled manifest rows)")
@@ -54,7 +69,8 @@ def prepare_splits(cfg: Config, out: Path):
         if unknown:
             raise DataError(f"{cfg.data.data}: split '{name}' has labels {unknown} that train lacks {list(scheme.classes)}")
     labelled = {k: [s for s in v if s.label] for k, v in splits.items() if k in ("train", "val", "test")}
-    write_split_csv(out / "split.csv", labelled)
+    if write:
+        write_split_csv(out / "split.csv", labelled)
     return labelled, scheme
 
 
@@ -121,9 +137,11 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     get_spec(cfg.model.model)  # fail on an unknown model before decoding anything
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     synthetic = is_synthetic(cfg.data.data)
-    splits, scheme = prepare_splits(cfg, out)
-    cfg.save(out / "config.yaml")
-    if synthetic:
+    zero = launched_as_global_zero()  # only one process writes the run directory
+    splits, scheme = prepare_splits(cfg, out, write=zero)
+    if zero:
+        cfg.save(out / "config.yaml")
+    if synthetic and zero:
         (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE + "\n")
 
     # weights before decoding: a missing weights file should stop the run before any slow work
@@ -132,7 +150,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         k: decode_split(v, cfg.data.img_size, cfg.data.skip_bad, f"decoding {k}", cfg.data.cache_dir) for k, v in splits.items()
     }
     errors = [e for d in decoded.values() for e in d.errors]
-    if errors:
+    if errors and zero:
         with open(out / "skipped.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "reason"])
@@ -150,7 +168,6 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=True)
     val_ds = make_dataset(decoded["val"], scheme, size, mean, std, train=False)
     plain_train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=False)
-    val_loader = make_loader(val_ds, bs, False, cfg.data.workers)
     class_weights = (
         balanced_class_weights(scheme.task, train_ds.targets, scheme.num_outputs) if cfg.train.class_weights else None
     )
@@ -171,16 +188,15 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
             feats = head_features(cfg, model, decoded, mean, std, precision)
             head_fn = head_split(model)[1]
             module = ClassifierModule(model, scheme, stage, cfg.train, class_weights, head_fn=head_fn)
-            train_loader = make_loader(FeatureDataset(feats["train"], train_ds.targets), bs, True, 0, cfg.train.seed)
-            stage_val_loader = make_loader(FeatureDataset(feats["val"], val_ds.targets), bs, False)
+            data = StageData(FeatureDataset(feats["train"], train_ds.targets), FeatureDataset(feats["val"], val_ds.targets), bs, 0, cfg.train.seed)
         else:
             module = ClassifierModule(model, scheme, stage, cfg.train, class_weights)
             augment = stage == "finetune" or cfg.train.head_augment
-            train_loader = make_loader(train_ds if augment else plain_train_ds, bs, True, cfg.data.workers, cfg.train.seed)
-            stage_val_loader = val_loader
+            data = StageData(train_ds if augment else plain_train_ds, val_ds, bs, cfg.data.workers, cfg.train.seed)
         ckpt_dir = out / "checkpoints" / stage
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.rmtree(out / "logs" / stage, ignore_errors=True)
+        if zero:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            shutil.rmtree(out / "logs" / stage, ignore_errors=True)
         mode = "min" if cfg.train.monitor == "val_loss" else "max"
         ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=True)
         trainer = L.Trainer(
@@ -198,13 +214,17 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
             log_every_n_steps=1,
             num_sanity_val_steps=0,
             default_root_dir=out,
+            use_distributed_sampler=False,  # StageData shards without padding validation
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            trainer.fit(module, train_loader, stage_val_loader)
+            warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BN, on purpose
+            trainer.fit(module, datamodule=data)
         best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(best)  # the best epoch, not the last
         model.cpu()
+        if not trainer.is_global_zero:
+            continue  # other DDP processes only train; the next stage starts from the same best weights
         states[stage] = {k: v.clone() for k, v in model.state_dict().items()}
         hist = read_history(out / "logs", stage, sum(len(h) for h in histories))
         histories.append(hist)
@@ -222,6 +242,8 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
             res["test"] = binary_metrics(y_test, scheme.p_infected(logits[stage]["test"]).numpy(), 0.5)
         results[stage] = res
 
+    if not zero:
+        return {}
     if not results:
         raise ValueError("no stage ran: set --epochs-head and/or --epochs-finetune above 0")
     # The final model is the stage with the best validation score; test never chooses anything.
