@@ -41,6 +41,11 @@ def rss_mb() -> dict[str, float]:
     return out
 
 
+def endless(loader):
+    while True:
+        yield from loader
+
+
 def naive_loaders(root: Path, size: int, bs: int, train_aug: bool):
     from torchvision import datasets, transforms as T
 
@@ -85,7 +90,7 @@ def naive_finetune_ips(model_name: str, root: Path, size: int, bs: int, batches:
     tr, _, classes = naive_loaders(root, size, bs, train_aug=True)
     model = timm.create_model(model_name, num_classes=1).train()
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
-    it = iter(tr)
+    it = endless(tr)
     n, t0 = 0, None
     for b in range(batches + 1):
         x, y = next(it)
@@ -134,7 +139,8 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
     dec = {k: decode_split(splits[k], size, False, f"decoding {k}", cache) for k in ("train", "val")}
     out["decode_s"] = time.perf_counter() - t0
 
-    model, _ = create_model(model_name, 1, pretrained=model_name == "efficientnet_lite0", dropout=0.2)
+    model, origin = create_model(model_name, 1, pretrained=model_name == "efficientnet_lite0", dropout=0.2)
+    out["weights"] = origin  # resnet18 has no offline ImageNet weights here: its AUC is not meaningful
     model = model.to(memory_format=torch.channels_last)
     mean, std = normalisation(model)
     t0 = time.perf_counter()
@@ -164,11 +170,11 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
             out["val_auc_fp32_features"] = roc_auc_score(y_val, head(f32[0]).squeeze(1).numpy())
 
     # fine-tuning throughput: decoded cache, tensor augmentation, channels_last, autocast
-    ft = ClassifierModule(model, scheme, "finetune", TrainConfig())
+    ft = ClassifierModule(model, scheme, "finetune", TrainConfig(), mean=mean, std=std)
     ft.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
-    loader = make_loader(make_dataset(dec["train"], scheme, size, mean, std, train=True), bs, True)
-    it = iter(loader)
+    loader = make_loader(make_dataset(dec["train"], scheme, size, train=True), bs, True)
+    it = endless(loader)
     n, t0 = 0, None
     for b in range(batches + 1):
         x, y, _ = next(it)
@@ -240,7 +246,10 @@ def main(argv=None) -> int:
         return 0
     import lightning as L  # noqa: F401
     import logging
+    import warnings
 
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +283,7 @@ def main(argv=None) -> int:
                       f"ratio {r['finetune_ips'] / naive_ft:.2f}x (target >= 1.3x)")
                 print(f"  feature extraction:         {r['extract_ips']:6.1f} img/s vs bare forward {r['ceiling_ips']:6.1f} img/s "
                       f"= {100 * r['extract_ips'] / r['ceiling_ips']:.0f}% of the ceiling (target >= 80%)   [{r['precision']}, channels_last]")
-                line = f"  head val ROC-AUC:           {r['val_auc']:.3f} ({r['precision']} features)"
+                line = f"  head val ROC-AUC:           {r['val_auc']:.3f} ({r['precision']} features; weights: {r['weights'].split(':')[0]})"
                 if "val_auc_fp32_features" in r:
                     line += f", {r['val_auc_fp32_features']:.3f} with fp32 features (same head)"
                 print(line)

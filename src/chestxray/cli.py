@@ -94,6 +94,8 @@ def train(
         metrics = train_run(cfg, out, progress=not quiet)
     except USER_ERRORS as e:
         _fail(e)
+    if not metrics:  # another DDP process: rank zero reports
+        return
     typer.echo("\n" + metrics["summary"])
     typer.echo(f"\nrun directory: {out}  (metrics.json, plots/, checkpoints/best.ckpt)")
 

@@ -13,24 +13,26 @@ from .cache import ImageStore, cache_size_for, decode_all
 from .io import XrayReadError
 from .labels import TaskScheme
 from .sources import Sample
-from .transforms import Normalize3, eval_transform, train_transform
+from .transforms import eval_transform, train_transform
 
 
 class DecodedDataset(Dataset):
-    """Items: (image float (3, S, S), target, index into the split's samples)."""
+    """Items: (image uint8 (1, S, S), target, index into the split's samples).
 
-    def __init__(self, images: np.ndarray, targets: list[torch.Tensor] | None, transform, normalize: Normalize3):
+    Normalisation happens per batch on the device (transforms.to_model_input), not per item.
+    """
+
+    def __init__(self, images, targets: list[torch.Tensor] | None, transform):
         self.images = images
         self.targets = targets
         self.transform = transform
-        self.normalize = normalize
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
         x = torch.from_numpy(np.array(self.images[i])).unsqueeze(0)  # a writable copy of the memory-mapped row
-        x = self.normalize(self.transform(x))
+        x = self.transform(x)
         y = self.targets[i] if self.targets is not None else torch.tensor(-1.0)
         return x, y, i
 
@@ -47,10 +49,10 @@ def decode_split(samples: list[Sample], img_size: int, skip_bad: bool, desc: str
     return DecodedSplit([samples[i] for i in kept], images, errors)
 
 
-def make_dataset(split: DecodedSplit, scheme: TaskScheme | None, img_size: int, mean, std, train: bool) -> DecodedDataset:
+def make_dataset(split: DecodedSplit, scheme: TaskScheme | None, img_size: int, train: bool) -> DecodedDataset:
     targets = [scheme.target(s.label) for s in split.samples] if scheme is not None else None
     tf = train_transform(img_size) if train else eval_transform(img_size)
-    return DecodedDataset(split.images, targets, tf, Normalize3(mean, std))
+    return DecodedDataset(split.images, targets, tf)
 
 
 def make_loader(

@@ -22,13 +22,16 @@ def eval_transform(img_size: int) -> v2.Compose:
     return v2.Compose([v2.Resize((img_size, img_size), antialias=True)])
 
 
-class Normalize3:
-    """uint8 (1, H, W) -> float (3, H, W) with the backbone's own mean and std."""
+def to_model_input(x: torch.Tensor, mean, std, channels_last: bool = True) -> torch.Tensor:
+    """A uint8 batch (B, 1, H, W) -> float (B, 3, H, W) normalised with the backbone's own mean and std.
 
-    def __init__(self, mean, std):
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0).expand(3, -1, -1)
-        return (x - self.mean) / self.std
+    Runs once per batch on the model's device (so a GPU receives uint8, a quarter of the bytes), and
+    writes straight into channels_last memory when asked.
+    """
+    b, _, h, w = x.shape
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((b, 3, h, w), dtype=torch.float32, device=x.device, memory_format=fmt)
+    torch.sub(x.float().div_(255.0), m, out=out)
+    return out.div_(s)

@@ -15,7 +15,7 @@ from ..data.datamodule import DecodedDataset, DecodedSplit, decode_split, make_l
 from ..data.io import IMAGE_SUFFIXES
 from ..data.labels import TaskScheme
 from ..data.sources import Sample
-from ..data.transforms import Normalize3, eval_transform
+from ..data.transforms import eval_transform, to_model_input
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
 
@@ -76,9 +76,9 @@ def predict_logits(model: nn.Module, images: np.ndarray, img_size: int, mean, st
     """Logits for decoded (N, S, S) uint8 images, in eval mode."""
     was_training = model.training
     model.eval()
-    ds = DecodedDataset(images, None, eval_transform(img_size), Normalize3(mean, std))
+    ds = DecodedDataset(images, None, eval_transform(img_size))
     device = next(model.parameters()).device
-    outs = [model(x.to(device)).float().cpu() for x, _, _ in make_loader(ds, batch_size, train=False)]
+    outs = [model(to_model_input(x.to(device), mean, std)).float().cpu() for x, _, _ in make_loader(ds, batch_size, train=False)]
     model.train(was_training)
     if not outs:
         return torch.zeros(0, 1)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.datamodule import DecodedDataset, make_loader
-from ..data.transforms import Normalize3, eval_transform, train_transform
+from ..data.transforms import eval_transform, to_model_input, train_transform
 from .backbones import head_prefixes
 
 
@@ -67,12 +67,10 @@ def extract_features(
     for v in range(1 + views):
         tf = eval_transform(img_size) if v == 0 else train_transform(img_size)
         torch.manual_seed(seed + v)
-        ds = DecodedDataset(images, None, tf, Normalize3(mean, std))
+        ds = DecodedDataset(images, None, tf)
         parts = []
         for x, _, _ in make_loader(ds, batch_size, train=False):
-            x = x.to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_model_input(x.to(device), mean, std, channels_last)
             with autocast_for(precision, device):
                 parts.append(frozen(x).float().cpu())
         out.append(torch.cat(parts) if parts else torch.zeros(0))

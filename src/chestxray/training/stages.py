@@ -165,9 +165,9 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     size, bs = cfg.data.img_size, cfg.data.batch_size
-    train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=True)
-    val_ds = make_dataset(decoded["val"], scheme, size, mean, std, train=False)
-    plain_train_ds = make_dataset(decoded["train"], scheme, size, mean, std, train=False)
+    train_ds = make_dataset(decoded["train"], scheme, size, train=True)
+    val_ds = make_dataset(decoded["val"], scheme, size, train=False)
+    plain_train_ds = make_dataset(decoded["train"], scheme, size, train=False)
     class_weights = (
         balanced_class_weights(scheme.task, train_ds.targets, scheme.num_outputs) if cfg.train.class_weights else None
     )
@@ -187,10 +187,10 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         if on_features:
             feats = head_features(cfg, model, decoded, mean, std, precision)
             head_fn = head_split(model)[1]
-            module = ClassifierModule(model, scheme, stage, cfg.train, class_weights, head_fn=head_fn)
+            module = ClassifierModule(model, scheme, stage, cfg.train, class_weights, head_fn=head_fn, mean=mean, std=std)
             data = StageData(FeatureDataset(feats["train"], train_ds.targets), FeatureDataset(feats["val"], val_ds.targets), bs, 0, cfg.train.seed)
         else:
-            module = ClassifierModule(model, scheme, stage, cfg.train, class_weights)
+            module = ClassifierModule(model, scheme, stage, cfg.train, class_weights, mean=mean, std=std)
             augment = stage == "finetune" or cfg.train.head_augment
             data = StageData(train_ds if augment else plain_train_ds, val_ds, bs, cfg.data.workers, cfg.train.seed)
         ckpt_dir = out / "checkpoints" / stage
