@@ -119,7 +119,7 @@ class DecodedCache:
         tmp = self.dir / f".{name}.npy.tmp"
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), self.side, self.side))
         errors, ok_keys = {}, []
-        bar = tqdm(total=len(paths), desc=desc, leave=False)
+        bar = tqdm(total=len(paths), desc=desc, leave=False, disable=None)  # no bar when not a terminal
         pool = ProcessPoolExecutor(workers) if workers > 1 and len(paths) >= 64 else None
         try:
             row = 0
