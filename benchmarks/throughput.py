@@ -223,8 +223,21 @@ def memory_check(n_images: int, side: int = 256) -> None:
             total += int(np.asarray(store[i], dtype=np.uint64).sum())  # every pixel of every image
         read = time.perf_counter() - t0
         after_read = rss_mb()
+        # one training epoch's data path: augmented 224 px batches from the store, as fine-tuning reads them
+        from chestxray.data.datamodule import DecodedDataset, make_loader
+        from chestxray.data.transforms import to_model_input, train_transform
+
+        t0 = time.perf_counter()
+        loader = make_loader(DecodedDataset(store, [torch.tensor(0.0)] * len(store), train_transform(224)), 64, True)
+        peak = 0.0
+        for x, _, _ in loader:
+            to_model_input(x, (0.5,) * 3, (0.5,) * 3)
+            peak = max(peak, rss_mb()["RssAnon"])
+        epoch = time.perf_counter() - t0
         size_mb = n_images * side * side / 2**20
         print(f"  cache {size_mb:.0f} MB on disk; built in {build:.0f} s, every pixel of every image read in {read:.2f} s")
+        print(f"  one augmented training epoch over the store (data path only, 224 px): {epoch:.0f} s, "
+              f"peak anonymous RSS {peak:.0f} MB")
         for name, r in (("before", before), ("after build", after_build), ("after reading all", after_read)):
             print(f"  {name:18s} anonymous RSS {r['RssAnon']:7.0f} MB   file-backed RSS {r['RssFile']:7.0f} MB")
         print(f"  anonymous memory grew by {after_read['RssAnon'] - before['RssAnon']:.0f} MB for a {size_mb:.0f} MB dataset"
