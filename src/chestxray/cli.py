@@ -61,6 +61,10 @@ def train(
     class_weights: Optional[bool] = typer.Option(None, "--class-weights/--no-class-weights", help=f"Balance classes in the loss. (default: {D.train.class_weights})"),
     unfreeze_last: Optional[int] = typer.Option(None, help=f"Finetune only the last N backbone blocks (0 = all). (default: {D.train.unfreeze_last})"),
     finetune_bn: Optional[str] = typer.Option(None, help=f"frozen | train: batch-norm statistics during finetune. (default: {D.train.finetune_bn})"),
+    operating_point: Optional[str] = typer.Option(None, help=f"Threshold stored with the model and used by predict, chosen on validation: best_f1 | youden | sensitivity. (default: {D.train.operating_point})"),
+    target_sensitivity: Optional[float] = typer.Option(None, help=f"Sensitivity the 'sensitivity' operating point must reach on validation. (default: {D.train.target_sensitivity})"),
+    calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate", help=f"Temperature scaling fitted on validation; ECE reported before and after. (default: {D.train.calibrate})"),
+    bootstrap: Optional[int] = typer.Option(None, help=f"Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none). (default: {D.train.bootstrap})"),
     monitor: Optional[str] = typer.Option(None, help=f"Validation metric for checkpoints and early stopping: val_auc | val_f1 | val_loss. (default: {D.train.monitor})"),
     patience: Optional[int] = typer.Option(None, help=f"Early-stopping patience in epochs. (default: {D.train.patience})"),
     val_fraction: Optional[float] = typer.Option(None, help=f"Fraction of train carved out as validation when there is no val split. (default: {D.data.val_fraction})"),
@@ -107,22 +111,27 @@ def evaluate(
     split: str = typer.Option("test", help="Split to evaluate."),
     out: Optional[Path] = typer.Option(None, help="Output folder. (default: RUN/eval/<data>-<split>)"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for 95% intervals (0: none)."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
 ):
-    """Metrics (at 0.5 and at the validation threshold), per-source table, plots, metrics.json."""
+    """Metrics with 95% intervals at 0.5 and at each validation operating point, calibration, per source, plots."""
     from .evaluation.evaluate import evaluate_run
-    from .evaluation.report import summary_table
+    from .evaluation.report import ci_line, summary_table
 
     try:
-        metrics, outdir = evaluate_run(run, data, split, out, skip_bad)
+        metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed)
     except USER_ERRORS as e:
         _fail(e)
     if metrics["external"]:
         typer.echo(f"EXTERNAL evaluation: {data} was not the training data of this run.")
     if metrics["synthetic"]:
         typer.echo("*** SYNTHETIC phantom data: not chest X-rays ***")
-    rows = {f"{split} @0.5": metrics["binary"]["at_0.5"], f"{split} @val-thr": metrics["binary"]["at_val_threshold"]}
+    rows = {f"{split} @{k[3:]}": v for k, v in metrics["binary"].items()}
     rows.update({f"  {k}": v for k, v in metrics.get("per_source", {}).items()})
     typer.echo(summary_table(rows))
+    typer.echo(ci_line(metrics))
+    cal = metrics["calibration"]
+    typer.echo(f"ECE {cal['ece']:.3f}" + (f" (temperature {cal['temperature']:.2f}; before scaling {cal['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in cal else ""))
     typer.echo(f"\nwritten: {outdir}/metrics.json and {outdir}/plots/")
 
 

@@ -49,6 +49,10 @@ class TrainConfig:
     class_weights: bool = True  # balance classes in the loss
     unfreeze_last: int = 0  # finetune: 0 = all backbone blocks, N = the last N
     finetune_bn: str = "frozen"  # frozen | train: batch-norm statistics during finetune
+    operating_point: str = "best_f1"  # threshold used by predict: best_f1 | youden | sensitivity (chosen on val)
+    target_sensitivity: float = 0.95
+    calibrate: bool = False  # temperature scaling fitted on validation
+    bootstrap: int = 1000  # resamples for 95% confidence intervals (0: none)
     monitor: str = "val_auc"  # val_auc | val_f1 | val_loss
     patience: int = 5
     seed: int = 42

@@ -32,16 +32,21 @@ def write_evaluation(
     threshold: float,
     header: dict,
     history: pd.DataFrame | None = None,
+    operating_points: dict[str, float] | None = None,
+    temperature: float = 1.0,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """Compute the metrics of one split, write metrics.json and plots/ under `outdir`, return the dict."""
     outdir.mkdir(parents=True, exist_ok=True)
     plot_dir = outdir / "plots"
     plot_dir.mkdir(exist_ok=True)
     note = "SYNTHETIC DATA" if header.get("synthetic") else None
-    metrics = {**header, "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if note else []), **evaluate_logits(scheme, logits, samples, threshold)}
+    metrics = {**header, "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if note else []), **evaluate_logits(scheme, logits, samples, threshold, operating_points, temperature, n_boot, seed)}
     write_json(outdir / "metrics.json", metrics)
     y = np.array([scheme.is_infected(s.label) for s in samples])
-    p = scheme.p_infected(logits).numpy()
+    p = scheme.p_infected(logits / temperature).numpy()
+    plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.get('split', '')} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)
     cm = metrics["binary"]["at_val_threshold"]["confusion_matrix"]
     plots.confusion(cm["rows_true_cols_pred"], cm["labels"], plot_dir / "confusion.png", f"threshold {threshold:.3f}")
@@ -53,7 +58,10 @@ def write_evaluation(
     return metrics
 
 
-def evaluate_run(run: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None, skip_bad: bool = False) -> tuple[dict, Path]:
+def evaluate_run(
+    run: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None, skip_bad: bool = False,
+    n_boot: int = 1000, seed: int = 0,
+) -> tuple[dict, Path]:
     """Evaluate a trained run on `split` of `data` (the training data or another dataset)."""
     loaded = load_model(run)
     splits = load_samples(data)
@@ -86,5 +94,8 @@ def evaluate_run(run: str | Path, data: str | Path, split: str = "test", out: st
         "unreadable_skipped": [str(e) for e in decoded.errors],
     }
     history = pd.read_csv(history_path) if history_path.exists() else None
-    metrics = write_evaluation(out, loaded.scheme, logits, decoded.samples, loaded.threshold, header, history)
+    metrics = write_evaluation(
+        out, loaded.scheme, logits, decoded.samples, loaded.threshold, header, history,
+        loaded.meta.get("thresholds"), loaded.temperature, n_boot, seed,
+    )
     return metrics, out

@@ -111,3 +111,169 @@ def per_source(y: np.ndarray, p: np.ndarray, sources: list[str | None], threshol
         m = np.array([s == src for s in sources])
         out[src] = binary_metrics(y[m], p[m], threshold)
     return out
+
+
+# --- operating points, bootstrap intervals, calibration ------------------------------------------
+
+SCALAR_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1_infected", "macro_f1", "roc_auc", "pr_auc")
+
+
+def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1."""
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(y).astype(int)
+    if y.min() == y.max():
+        return 0.5
+    fpr, tpr, thr = roc_curve(y, p)
+    i = int(np.argmax(tpr - fpr))
+    return float(min(1.0, thr[i]))
+
+
+def sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float:
+    """The highest threshold whose sensitivity is at least `target`."""
+    pos = np.sort(np.asarray(p, dtype=float)[np.asarray(y).astype(int) == 1])
+    if len(pos) == 0:
+        return 0.5
+    k = int(np.floor((1 - target) * len(pos) + 1e-9))  # positives allowed below the threshold
+    return float(pos[min(k, len(pos) - 1)])
+
+
+def operating_points(y: np.ndarray, p: np.ndarray, target_sensitivity: float = 0.95) -> dict[str, float]:
+    """Thresholds chosen on validation: best F1, Youden's J, and a target sensitivity."""
+    return {
+        "best_f1": best_f1_threshold(y, p),
+        "youden": youden_threshold(y, p),
+        f"sensitivity_{target_sensitivity:g}": sensitivity_threshold(y, p, target_sensitivity),
+    }
+
+
+def _fast_auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    from scipy.stats import rankdata
+
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return None
+    r = rankdata(p)
+    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def _fast_ap(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Average precision, the same step-wise formula as sklearn's average_precision_score."""
+    if y.sum() == 0:
+        return None
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    last = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1]  # the last index of each distinct score
+    tps = np.cumsum(ys)[last]
+    precision = tps / (last + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _threshold_metrics(y: np.ndarray, p: np.ndarray, t: float) -> dict:
+    pred = p >= t
+    tp = float(np.sum(pred & (y == 1)))
+    tn = float(np.sum(~pred & (y == 0)))
+    fp = float(np.sum(pred & (y == 0)))
+    fn = float(np.sum(~pred & (y == 1)))
+
+    def div(a, b):
+        return a / b if b else None
+
+    f1_pos = div(2 * tp, 2 * tp + fp + fn) or 0.0
+    f1_neg = div(2 * tn, 2 * tn + fn + fp) or 0.0
+    return {
+        "accuracy": div(tp + tn, len(y)),
+        "sensitivity": div(tp, tp + fn),
+        "specificity": div(tn, tn + fp),
+        "precision": div(tp, tp + fp),
+        "npv": div(tn, tn + fn),
+        "f1_infected": f1_pos,
+        "macro_f1": (f1_pos + f1_neg) / 2,
+    }
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    p: np.ndarray,
+    thresholds: dict[str, float],
+    groups: list | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, list[float | None]]]:
+    """Percentile bootstrap intervals of every scalar metric at each threshold.
+
+    With `groups` (patient ids), whole patients are resampled, so images of one patient stay together.
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+        members = [np.nonzero(inverse == g)[0] for g in range(inverse.max() + 1)]
+    else:
+        members = None
+    samples: dict[str, dict[str, list[float]]] = {name: {k: [] for k in SCALAR_KEYS} for name in thresholds}
+    for _ in range(n_boot):
+        if members is not None:
+            pick = rng.integers(0, len(members), len(members))
+            idx = np.concatenate([members[g] for g in pick])
+        else:
+            idx = rng.integers(0, len(y), len(y))
+        yb, pb = y[idx], p[idx]
+        auc, ap = _fast_auc(yb, pb), _fast_ap(yb, pb)
+        for name, t in thresholds.items():
+            m = _threshold_metrics(yb, pb, t)
+            m["roc_auc"], m["pr_auc"] = auc, ap
+            for k in SCALAR_KEYS:
+                if m[k] is not None:
+                    samples[name][k].append(m[k])
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {
+        name: {k: ([float(np.percentile(v, lo)), float(np.percentile(v, hi))] if len(v) >= 10 else [None, None])
+               for k, v in per.items()}
+        for name, per in samples.items()
+    }
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
+    """ECE of P(infected) with equal-width bins, and the bins (for a reliability diagram)."""
+    y = np.asarray(y).astype(float)
+    p = np.asarray(p, dtype=float)
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+    ece, bins = 0.0, []
+    for b in range(n_bins):
+        m = which == b
+        if not m.any():
+            continue
+        conf, acc = float(p[m].mean()), float(y[m].mean())
+        ece += m.mean() * abs(conf - acc)
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(m.sum()), "mean_p": conf, "frac_infected": acc})
+    return float(ece), bins
+
+
+def fit_temperature(logits, targets, task: str) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising validation NLL of logits / T."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = logits.detach().float()
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def nll():
+        opt.zero_grad()
+        z = logits / log_t.exp()
+        if task == "multiclass":
+            loss = F.cross_entropy(z, targets.long())
+        else:
+            loss = F.binary_cross_entropy_with_logits(z.reshape(targets.shape), targets.float())
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    return float(log_t.exp().clamp(0.05, 20.0))

@@ -58,6 +58,24 @@ def roc_pr(y: np.ndarray, p: np.ndarray, outdir: Path, label: str, note: str | N
     plt.close(fig)
 
 
+def reliability(calibration: dict, path: Path, note: str | None = None) -> None:
+    """Reliability diagram of P(infected): observed fraction infected against mean predicted probability."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    series = [("bins", f"ECE {calibration['ece']:.3f}" + (" (temperature-scaled)" if "bins_uncalibrated" in calibration else ""))]
+    if "bins_uncalibrated" in calibration:
+        series.append(("bins_uncalibrated", f"ECE {calibration['ece_uncalibrated']:.3f} (before scaling)"))
+    for key, label in series:
+        bins = calibration[key]
+        ax.plot([b["mean_p"] for b in bins], [b["frac_infected"] for b in bins], "o-", label=label)
+    ax.set(xlabel="mean predicted P(infected)", ylabel="fraction infected", xlim=(0, 1), ylim=(0, 1),
+           title=_title("Reliability", note))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.2 * len(labels) + 2))

@@ -7,18 +7,54 @@ import torch
 
 from ..data.labels import TaskScheme
 from ..data.sources import Sample
-from .metrics import binary_metrics, multiclass_metrics, multilabel_metrics, per_source
+from .metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    expected_calibration_error,
+    multiclass_metrics,
+    multilabel_metrics,
+    per_source,
+)
 
 SUMMARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1", "roc_auc", "pr_auc")
 
 
-def evaluate_logits(scheme: TaskScheme, logits: torch.Tensor, samples: list[Sample], threshold: float) -> dict:
+def evaluate_logits(
+    scheme: TaskScheme,
+    logits: torch.Tensor,
+    samples: list[Sample],
+    threshold: float,
+    operating_points: dict[str, float] | None = None,
+    temperature: float = 1.0,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """All metrics of one split. `logits` are raw; `temperature` (fitted on validation) is applied here.
+
+    Every binary metric comes with a 95% bootstrap interval (patient-level where patient ids exist).
+    """
     labels = [s.label for s in samples]
     y = np.array([scheme.is_infected(lab) for lab in labels])
+    raw_p = scheme.p_infected(logits).numpy()
+    logits = logits / temperature
     p = scheme.p_infected(logits).numpy()
+    points = {"0.5": 0.5, "val_threshold": threshold, **(operating_points or {})}
+    patients = [s.patient_id for s in samples]
+    groups = [pid or f"__image{i}" for i, pid in enumerate(patients)] if any(patients) else None
+    cis = bootstrap_ci(y, p, points, groups, n_boot, seed) if n_boot > 0 else {}
+    binary = {}
+    for name, t in points.items():
+        binary[f"at_{name}"] = {**binary_metrics(y, p, t), "ci95": cis.get(name, {})}
+    ece, bins = expected_calibration_error(y, p)
+    calibration = {"temperature": temperature, "ece": ece, "bins": bins}
+    if temperature != 1.0:
+        calibration["ece_uncalibrated"], calibration["bins_uncalibrated"] = expected_calibration_error(y, raw_p)
     out = {
         "task": scheme.task,
-        "binary": {"at_0.5": binary_metrics(y, p, 0.5), "at_val_threshold": binary_metrics(y, p, threshold)},
+        "binary": binary,
+        "operating_points": points,
+        "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "patient" if groups else "image", "level": 0.95},
+        "calibration": calibration,
     }
     probs = scheme.probabilities(logits).numpy()
     if scheme.task == "multiclass":
@@ -31,6 +67,17 @@ def evaluate_logits(scheme: TaskScheme, logits: torch.Tensor, samples: list[Samp
     if any(sources):
         out["per_source"] = per_source(y, p, sources, threshold)
     return out
+
+
+def ci_line(metrics: dict, name: str = "at_val_threshold") -> str:
+    """One line of 95% intervals for the main metrics of one operating point."""
+    b = metrics.get("bootstrap", {})
+    ci = metrics["binary"][name].get("ci95") or {}
+    if not ci:
+        return ""
+    parts = [f"{k} [{_fmt(ci[k][0]).strip()}, {_fmt(ci[k][1]).strip()}]"
+             for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "f1_infected") if k in ci]
+    return f"95% CI ({b.get('resamples')} {b.get('unit')}-level bootstrap resamples, seed {b.get('seed')}): " + ", ".join(parts)
 
 
 def _fmt(v) -> str:

@@ -33,6 +33,7 @@ class LoadedModel:
     std: tuple
     threshold: float
     meta: dict
+    temperature: float = 1.0
 
 
 def checkpoint_path(run_or_ckpt: str | Path) -> Path:
@@ -67,7 +68,8 @@ def load_model(run_or_ckpt: str | Path) -> LoadedModel:
         raise CheckpointError(f"{path}: weights do not fit {ckpt['timm_name']}: {e}") from e
     model.eval()
     return LoadedModel(
-        model, scheme, int(ckpt["img_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), float(ckpt["threshold"]), ckpt
+        model, scheme, int(ckpt["img_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), float(ckpt["threshold"]), ckpt,
+        float(ckpt.get("temperature", 1.0)),
     )
 
 
@@ -101,6 +103,7 @@ def expand_paths(paths: list[str | Path]) -> list[str]:
 
 def predictions_table(loaded: LoadedModel, split: DecodedSplit, logits: torch.Tensor) -> pd.DataFrame:
     scheme = loaded.scheme
+    logits = logits / loaded.temperature  # temperature scaling fitted on validation (1 = none)
     p_inf = scheme.p_infected(logits).numpy()
     probs = scheme.probabilities(logits).numpy()
     df = pd.DataFrame(

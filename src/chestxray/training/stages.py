@@ -21,8 +21,8 @@ from ..data.datamodule import StageData, decode_split, make_dataset
 from ..data.labels import TaskScheme
 from ..data.sources import DataError, carve_validation, class_counts, is_synthetic, load_samples, write_split_csv
 from ..evaluation.evaluate import SYNTHETIC_NOTE, write_evaluation, write_json
-from ..evaluation.metrics import best_f1_threshold, binary_metrics
-from ..evaluation.report import summary_table
+from ..evaluation.metrics import binary_metrics, fit_temperature, operating_points
+from ..evaluation.report import ci_line, summary_table
 from ..inference.predict import predict_logits, save_checkpoint
 from ..data.cache import default_cache_dir, file_key
 from ..models.backbones import create_model, get_spec, normalisation
@@ -32,6 +32,14 @@ from .module import ClassifierModule
 
 STAGES = ("head", "finetune")
 log = logging.getLogger("chestxray")
+
+
+def choose_point(points: dict[str, float], rule: str) -> str:
+    """The operating point `rule` names (best_f1 | youden | sensitivity) among the validation thresholds."""
+    names = [n for n in points if n == rule or (rule == "sensitivity" and n.startswith("sensitivity_"))]
+    if not names:
+        raise ValueError(f"--operating-point must be best_f1, youden or sensitivity, got '{rule}'")
+    return names[0]
 
 
 def parse_stages(stages: str) -> list[str]:
@@ -249,7 +257,11 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     # The final model is the stage with the best validation score; test never chooses anything.
     final_stage = max(results, key=lambda s: results[s]["score"])
     model.load_state_dict(states[final_stage])
-    threshold = best_f1_threshold(y_val, scheme.p_infected(logits[final_stage]["val"]).numpy())
+    val_logits = logits[final_stage]["val"]
+    temperature = fit_temperature(val_logits, torch.stack(val_ds.targets), scheme.task) if cfg.train.calibrate else 1.0
+    points = operating_points(y_val, scheme.p_infected(val_logits / temperature).numpy(), cfg.train.target_sensitivity)
+    chosen = choose_point(points, cfg.train.operating_point)
+    threshold = points[chosen]
     meta = {
         "model_name": cfg.model.model,
         "timm_name": get_spec(cfg.model.model).timm_name,
@@ -258,7 +270,9 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         "mean": list(mean),
         "std": list(std),
         "threshold": threshold,
-        "threshold_rule": "best F1 of the infected class on validation",
+        "threshold_rule": f"{chosen}, chosen on validation",
+        "thresholds": points,
+        "temperature": temperature,
         "stage": final_stage,
         "weights_origin": origin,
         "config": cfg.to_dict(),
@@ -278,12 +292,16 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         "weights_origin": origin,
         "final_stage": final_stage,
         "val_threshold": threshold,
+        "val_threshold_rule": chosen,
         "class_counts": {k: class_counts(d.samples) for k, d in decoded.items()},
         "unreadable_skipped": [str(e) for e in errors],
         "stages": results,
     }
     eval_split = "test" if has_test else "val"
-    metrics = write_evaluation(out, scheme, logits[final_stage][eval_split], decoded[eval_split].samples, threshold, header, history)
+    metrics = write_evaluation(
+        out, scheme, logits[final_stage][eval_split], decoded[eval_split].samples, threshold, header, history,
+        points, temperature, cfg.train.bootstrap, cfg.train.seed,
+    )
     metrics["summary"] = summarise(results, metrics, final_stage, eval_split, synthetic)
     write_json(out / "metrics.json", metrics)
     return metrics
@@ -296,7 +314,7 @@ def summarise(results: dict, metrics: dict, final_stage: str, split: str, synthe
         if "test" in r:
             rows[f"{stage} best: test @0.5"] = r["test"]
     rows[f"final ({final_stage}) {split} @val-thr"] = metrics["binary"]["at_val_threshold"]
-    text = summary_table(rows)
+    text = summary_table(rows) + "\n" + ci_line(metrics)
     if synthetic:
         text = f"*** {SYNTHETIC_NOTE} ***\n" + text
     return text

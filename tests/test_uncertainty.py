@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from chestxray.cli import app
+from chestxray.evaluation.metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    expected_calibration_error,
+    fit_temperature,
+    operating_points,
+)
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    def data(n):
+        y = rng.integers(0, 2, n)
+        return y, np.clip(0.3 * y + rng.normal(0.35, 0.2, n), 0, 1)
+    y, p = data(200)
+    ci = bootstrap_ci(y, p, {"t": 0.5}, n_boot=500, seed=1)["t"]
+    point = binary_metrics(y, p, 0.5)
+    for k in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+        assert ci[k][0] <= point[k] <= ci[k][1]
+    y2, p2 = data(2000)
+    wide, narrow = ci["roc_auc"], bootstrap_ci(y2, p2, {"t": 0.5}, n_boot=500, seed=1)["t"]["roc_auc"]
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
+    assert bootstrap_ci(y, p, {"t": 0.5}, n_boot=200, seed=3) == bootstrap_ci(y, p, {"t": 0.5}, n_boot=200, seed=3)
+
+
+def test_patient_level_bootstrap_is_wider_for_clustered_data():
+    # 20 patients with 10 near-identical images each: image-level resampling overstates the evidence
+    rng = np.random.default_rng(1)
+    y = np.repeat(rng.integers(0, 2, 20), 10)
+    p = np.clip(np.repeat(0.2 * y[::10] + rng.normal(0.4, 0.2, 20), 10) + rng.normal(0, 0.01, 200), 0, 1)
+    groups = np.repeat(np.arange(20), 10)
+    img = bootstrap_ci(y, p, {"t": 0.5}, None, 500, 0)["t"]["roc_auc"]
+    pat = bootstrap_ci(y, p, {"t": 0.5}, list(groups), 500, 0)["t"]["roc_auc"]
+    assert pat[1] - pat[0] > 2 * (img[1] - img[0])
+
+
+def test_operating_points():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.3 * y + rng.normal(0.35, 0.15, 300), 0, 1)
+    pts = operating_points(y, p, 0.95)
+    assert binary_metrics(y, p, pts["sensitivity_0.95"])["sensitivity"] >= 0.95
+    assert binary_metrics(y, p, pts["sensitivity_0.95"] + 1e-6)["sensitivity"] < 0.95  # the highest such threshold
+    j = lambda t: binary_metrics(y, p, t)["sensitivity"] + binary_metrics(y, p, t)["specificity"]  # noqa: E731
+    assert all(j(pts["youden"]) >= j(t) - 1e-9 for t in np.linspace(0.05, 0.95, 19))
+    f1 = lambda t: binary_metrics(y, p, t)["f1_infected"]  # noqa: E731
+    assert all(f1(pts["best_f1"]) >= f1(t) - 1e-9 for t in np.linspace(0.05, 0.95, 19))
+
+
+def test_temperature_scaling_fixes_overconfidence():
+    torch.manual_seed(0)
+    true_logit = torch.randn(2000) * 1.5
+    y = torch.bernoulli(torch.sigmoid(true_logit))
+    overconfident = true_logit * 4
+    t = fit_temperature(overconfident, y, "binary")
+    assert t == pytest.approx(4.0, rel=0.15)
+    before, _ = expected_calibration_error(y.numpy(), torch.sigmoid(overconfident).numpy())
+    after, _ = expected_calibration_error(y.numpy(), torch.sigmoid(overconfident / t).numpy())
+    assert after < before / 2
+
+
+def test_ece_by_hand():
+    ece, bins = expected_calibration_error(np.array([1, 0, 1, 1]), np.array([0.9, 0.9, 0.1, 0.1]), n_bins=10)
+    # bin 0.9: mean p .9, frac .5 -> |.4| * .5 ; bin 0.1: mean p .1, frac 1 -> |.9| * .5
+    assert ece == pytest.approx(0.65)
+    assert [b["n"] for b in bins] == [2, 2]
+
+
+def test_cli_operating_point_calibration_and_intervals(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--data", str(tiny_data / "manifest.csv"), "--out", str(out),
+                                   "--stages", "head", "--img-size", "64", "--epochs-head", "2", "--quiet",
+                                   "--calibrate", "--operating-point", "sensitivity", "--target-sensitivity", "0.9",
+                                   "--bootstrap", "200"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["bootstrap"] == {"resamples": 200, "seed": 42, "unit": "patient", "level": 0.95}
+    assert {"at_0.5", "at_val_threshold", "at_best_f1", "at_youden", "at_sensitivity_0.9"} <= set(m["binary"])
+    lo, hi = m["binary"]["at_val_threshold"]["ci95"]["accuracy"]
+    assert lo <= m["binary"]["at_val_threshold"]["accuracy"] <= hi
+    assert m["val_threshold"] == m["operating_points"]["sensitivity_0.9"]
+    assert "ece_uncalibrated" in m["calibration"] and (out / "plots" / "reliability.png").exists()
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["threshold"] == m["val_threshold"] and ckpt["temperature"] == m["calibration"]["temperature"]
+    # predict uses the stored threshold and temperature
+    res = CliRunner().invoke(app, ["predict", str(out), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(tmp_path / "p.csv")
+    assert (df["threshold"] == ckpt["threshold"]).all()
+    assert ((df["p_infected"] >= ckpt["threshold"]) == (df["predicted"] == "infected")).all()
