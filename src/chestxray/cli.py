@@ -222,6 +222,69 @@ def demo(
     typer.echo(f"run directory: {run}  (metrics.json, plots/, history.csv, checkpoints/best.ckpt)")
 
 
+data_app = typer.Typer(help="Dataset checks and splits.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    data: str = typer.Argument(..., help="ImageFolder root or CSV manifest."),
+    max_distance: int = typer.Option(4, help="Near duplicates: largest Hamming distance between 256-bit dHashes."),
+    out: Optional[Path] = typer.Option(None, help="Also write the full report as JSON here."),
+):
+    """Counts, unreadable files, modes and sizes, duplicates and patients across splits. Exit 1 on leakage or unreadable files."""
+    import json
+
+    from .data.check import check_dataset
+
+    try:
+        r = check_dataset(data, max_distance)
+    except USER_ERRORS as e:
+        _fail(e)
+    for split, info in r["splits"].items():
+        typer.echo(f"{split:11s} {info['n']:6d} images  " + ", ".join(f"{k}: {v}" for k, v in sorted(info["classes"].items())))
+    typer.echo("modes: " + ", ".join(f"{k}: {v}" for k, v in sorted(r["modes"].items())))
+    for k, v in r["sizes"].items():
+        typer.echo(f"{k}: min {v['min']}, median {v['median']}, max {v['max']}")
+    for u in r["unreadable"]:
+        typer.echo(f"UNREADABLE {u['reason']}")
+    for d in r["duplicates_across_splits"]:
+        typer.echo(f"LEAK {d['kind']}: {d['a']} ({d['split_a']}) ~ {d['b']} ({d['split_b']})")
+    for pid, splits in r["patients_in_several_splits"].items():
+        typer.echo(f"LEAK patient {pid} in {', '.join(splits)}")
+    if out:
+        out.write_text(json.dumps(r, indent=2))
+    problems = []
+    if r["leakage"]:
+        problems.append(f"leakage: {len(r['duplicates_across_splits'])} duplicate pairs across splits, "
+                        f"{len(r['patients_in_several_splits'])} patients in several splits")
+    if r["unreadable"]:
+        problems.append(f"{len(r['unreadable'])} unreadable files")
+    if problems:
+        typer.secho("FAIL: " + "; ".join(problems), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo("OK: no leakage across splits, every file readable")
+
+
+@data_app.command("split")
+def data_split(
+    manifest: Path = typer.Argument(..., help="CSV manifest with path,label[,patient_id,...]."),
+    out: Optional[Path] = typer.Option(None, help="Output manifest. (default: MANIFEST-split.csv beside it)"),
+    val: float = typer.Option(0.15, help="Validation fraction."),
+    test: float = typer.Option(0.15, help="Test fraction."),
+    seed: int = typer.Option(42),
+):
+    """A patient-level, label-stratified train/val/test split, written as a `split` column."""
+    from .data.check import split_manifest
+
+    out = out or manifest.with_name(f"{manifest.stem}-split.csv")
+    try:
+        counts = split_manifest(manifest, out, val, test, seed)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" images -> {out}")
+
+
 def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     app()
