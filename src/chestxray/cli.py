@@ -172,6 +172,24 @@ def predict(
 
 
 @app.command()
+def explain(
+    run: Path = typer.Argument(..., help="Run directory (or checkpoints/best.ckpt)."),
+    paths: list[Path] = typer.Argument(..., help="Image files or folders."),
+    out: Path = typer.Option(Path("gradcam"), help="Output folder for overlays and explanations.csv."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+):
+    """Grad-CAM overlays for the predicted class (eval mode, batched), one PNG per image."""
+    from .inference.explain import explain_paths
+    from .inference.predict import expand_paths, load_model
+
+    try:
+        df = explain_paths(load_model(run), expand_paths(paths), out, skip_bad)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"{len(df)} Grad-CAM overlays -> {out} (explanations.csv lists them)")
+
+
+@app.command()
 def models():
     """List supported models and whether their ImageNet weights are usable offline here."""
     from .models.backbones import REGISTRY, offline_weights_source

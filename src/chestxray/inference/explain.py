@@ -1,0 +1,91 @@
+"""Grad-CAM overlays (pytorch-grad-cam) for the predicted class, in eval mode, batched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data.datamodule import decode_split
+from ..data.sources import Sample
+from ..data.transforms import eval_transform, to_model_input
+from .predict import LoadedModel
+
+
+def cam_target_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional stage of each supported backbone (where Grad-CAM keeps spatial detail)."""
+    arch = model.pretrained_cfg.get("architecture", "")
+    if "efficientnet" in arch and hasattr(model, "bn2"):
+        return model.bn2  # conv_head -> BN + activation
+    if arch.startswith("resnet"):
+        return model.layer4[-1]
+    if arch.startswith("vgg"):
+        return model.features[-2]  # the ReLU after the last conv, before the final max-pool
+    if arch.startswith("densenet"):
+        return model.features.norm5
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"no convolutional layer for Grad-CAM in {arch}")
+    return convs[-1]
+
+
+def _targets(loaded: LoadedModel, logits: torch.Tensor):
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
+
+    scheme = loaded.scheme
+    if scheme.task == "binary":
+        p = scheme.p_infected(logits / loaded.temperature)
+        return [BinaryClassifierOutputTarget(int(v >= loaded.threshold)) for v in p]
+    return [ClassifierOutputTarget(int(i)) for i in logits.argmax(1)]
+
+
+def gradcam(loaded: LoadedModel, images, batch_size: int = 16) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """(CAMs in [0, 1] of shape (N, S, S), logits, the model-size grayscale images in [0, 1])."""
+    from pytorch_grad_cam import GradCAM
+
+    model = loaded.model.eval()
+    tf = eval_transform(loaded.img_size)
+    cams, logits, shown = [], [], []
+    with GradCAM(model=model, target_layers=[cam_target_layer(model)]) as cam:
+        for s in range(0, len(images), batch_size):
+            x8 = torch.stack([tf(torch.from_numpy(np.array(images[i])).unsqueeze(0)) for i in range(s, min(len(images), s + batch_size))])
+            x = to_model_input(x8, loaded.mean, loaded.std, channels_last=False)
+            with torch.no_grad():
+                out = model(x).float()
+            cams.append(cam(input_tensor=x, targets=_targets(loaded, out)))
+            logits.append(out)
+            shown.append(x8[:, 0].numpy() / 255.0)
+    return np.concatenate(cams), torch.cat(logits), np.concatenate(shown)
+
+
+def overlay(gray: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    return show_cam_on_image(rgb, cam.astype(np.float32), use_rgb=True)
+
+
+def explain_paths(loaded: LoadedModel, paths: list[str], out: Path, skip_bad: bool = False) -> pd.DataFrame:
+    """Write DIR/<name>_gradcam.png for each image and DIR/explanations.csv; return the table."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    split = decode_split([Sample(p, None) for p in paths], loaded.img_size, skip_bad, desc="reading")
+    cams, logits, gray = gradcam(loaded, split.images)
+    p = loaded.scheme.p_infected(logits / loaded.temperature).numpy()
+    rows = []
+    used: set[str] = set()
+    for i, s in enumerate(split.samples):
+        name = Path(s.path).stem
+        while name in used:  # same file name in different folders
+            name += "_"
+        used.add(name)
+        Image.fromarray(overlay(gray[i], cams[i])).save(out / f"{name}_gradcam.png")
+        rows.append({"path": s.path, "overlay": str(out / f"{name}_gradcam.png"), "p_infected": round(float(p[i]), 6),
+                     "predicted": "infected" if p[i] >= loaded.threshold else "normal"})
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "explanations.csv", index=False)
+    return df
