@@ -98,4 +98,8 @@ def evaluate_run(
         out, loaded.scheme, logits, decoded.samples, loaded.threshold, header, history,
         loaded.meta.get("thresholds"), loaded.temperature, n_boot, seed,
     )
+    from ..inference.explain import cam_examples
+    from .html import write_report
+
+    write_report(out, metrics, loaded.meta.get("config"), cam_examples(loaded, decoded.images, decoded.samples))
     return metrics, out

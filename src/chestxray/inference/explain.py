@@ -55,7 +55,8 @@ def gradcam(loaded: LoadedModel, images, batch_size: int = 16) -> tuple[np.ndarr
             x = to_model_input(x8, loaded.mean, loaded.std, channels_last=False)
             with torch.no_grad():
                 out = model(x).float()
-            cams.append(cam(input_tensor=x, targets=_targets(loaded, out)))
+            # gradients must reach the target layer even where the backbone is frozen (requires_grad off)
+            cams.append(cam(input_tensor=x.requires_grad_(True), targets=_targets(loaded, out)))
             logits.append(out)
             shown.append(x8[:, 0].numpy() / 255.0)
     return np.concatenate(cams), torch.cat(logits), np.concatenate(shown)
@@ -89,3 +90,28 @@ def explain_paths(loaded: LoadedModel, paths: list[str], out: Path, skip_bad: bo
     df = pd.DataFrame(rows)
     df.to_csv(out / "explanations.csv", index=False)
     return df
+
+
+def cam_examples(loaded: LoadedModel, images, samples: list[Sample], n: int = 4) -> list[tuple[bytes, str]]:
+    """Grad-CAM grids of up to `n` correct and `n` wrong predictions (the most confident of each)."""
+    from ..evaluation.html import cam_grid_png
+
+    if not len(samples):
+        return []
+    from .predict import predict_logits
+
+    logits = predict_logits(loaded.model, images, loaded.img_size, loaded.mean, loaded.std) / loaded.temperature
+    p = loaded.scheme.p_infected(logits).numpy()
+    y = np.array([loaded.scheme.is_infected(s.label) for s in samples])
+    pred = (p >= loaded.threshold).astype(int)
+    confidence = np.abs(p - loaded.threshold)
+    out = []
+    for title, mask in (("correct", pred == y), ("wrong", pred != y)):
+        idx = [int(i) for i in np.argsort(-confidence) if mask[i]][:n]
+        if not idx:
+            continue
+        cams, _, gray = gradcam(loaded, [images[i] for i in idx])
+        overlays = [overlay(g, c) for g, c in zip(gray, cams)]
+        captions = [f"{Path(samples[i].path).name[:28]}\ntrue {samples[i].label}, P(inf) {p[i]:.2f}" for i in idx]
+        out.append((cam_grid_png(overlays, captions, f"{title} predictions"), f"Grad-CAM, {title} predictions"))
+    return out

@@ -23,7 +23,9 @@ from ..data.sources import DataError, carve_validation, class_counts, is_synthet
 from ..evaluation.evaluate import SYNTHETIC_NOTE, write_evaluation, write_json
 from ..evaluation.metrics import binary_metrics, fit_temperature, operating_points
 from ..evaluation.report import ci_line, summary_table
-from ..inference.predict import predict_logits, save_checkpoint
+from ..evaluation.html import write_report
+from ..inference.explain import cam_examples
+from ..inference.predict import LoadedModel, predict_logits, save_checkpoint
 from ..data.cache import default_cache_dir, file_key
 from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
@@ -304,6 +306,9 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     )
     metrics["summary"] = summarise(results, metrics, final_stage, eval_split, synthetic)
     write_json(out / "metrics.json", metrics)
+    loaded = LoadedModel(model, scheme, size, mean, std, threshold, meta, temperature)
+    cams = cam_examples(loaded, decoded[eval_split].images, decoded[eval_split].samples)
+    write_report(out, metrics, cfg.to_dict(), cams)
     return metrics
 
 

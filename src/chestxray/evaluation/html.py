@@ -1,0 +1,157 @@
+"""report.html: one self-contained file (images embedded) with the evidence a reviewer asks for."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import yaml
+
+from .evaluate import RESEARCH_NOTE, SYNTHETIC_NOTE
+
+KEYS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1")
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
+h1{margin-bottom:.2em} table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right} th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left} .warn{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em}
+.synthetic{background:#f8d7da;border:1px solid #d9534f;padding:.6em 1em;font-weight:bold}
+img{max-width:100%} .grid{display:flex;flex-wrap:wrap;gap:1em} .grid img{max-width:520px}
+pre{background:#f6f6f6;padding:.8em;font-size:.8em;overflow:auto;max-height:320px}
+.ci{color:#666;font-size:.85em}
+"""
+
+
+def _img(path: Path) -> str:
+    if not path.exists():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+
+
+def _png_bytes_img(data: bytes, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{html.escape(alt)}">'
+
+
+def _v(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def metrics_table(binary: dict, thresholds: dict) -> str:
+    rows = ["<tr><th>operating point</th><th>threshold</th>" + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>"]
+    for name, m in binary.items():
+        ci = m.get("ci95") or {}
+        cells = []
+        for k in KEYS:
+            c = ci.get(k)
+            extra = f'<br><span class="ci">[{_v(c[0])}, {_v(c[1])}]</span>' if c and c[0] is not None else ""
+            cells.append(f"<td>{_v(m.get(k))}{extra}</td>")
+        rows.append(f"<tr><td>{html.escape(name[3:])}</td><td>{m['threshold']:.3f}</td>{''.join(cells)}</tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def cam_grid_png(overlays: list, captions: list[str], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(overlays))
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, cap in zip(axes.ravel(), overlays, captions):
+        ax.imshow(img)
+        ax.set_title(cap, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pngs: list[tuple[bytes, str]] = ()) -> Path:
+    plots = outdir / "plots"
+    synthetic = metrics.get("synthetic")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>chestxray report</title><style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>chestxray report</h1><p>{html.escape(str(metrics.get('data')))}, split <b>{html.escape(str(metrics.get('split')))}</b>"
+                 f", model {html.escape(str(metrics.get('model')))}"
+                 + (f", final stage {html.escape(str(metrics['final_stage']))}" if metrics.get("final_stage") else "") + "</p>")
+    parts.append(f'<p class="warn"><b>{RESEARCH_NOTE}</b> These figures describe this dataset and split only.</p>')
+    if synthetic:
+        parts.append(f'<p class="synthetic">{SYNTHETIC_NOTE}</p>')
+    if metrics.get("external"):
+        parts.append('<p class="warn"><b>External evaluation:</b> this data was not the training data of the model.</p>')
+
+    parts.append("<h2>Data</h2>")
+    counts = metrics.get("class_counts")
+    if counts:
+        classes = sorted({c for v in counts.values() for c in v})
+        parts.append("<table><tr><th>split</th>" + "".join(f"<th>{c}</th>" for c in classes) + "</tr>"
+                     + "".join(f"<tr><td>{s}</td>" + "".join(f"<td>{v.get(c, 0)}</td>" for c in classes) + "</tr>" for s, v in counts.items())
+                     + "</table>")
+    b0 = metrics["binary"]["at_0.5"]
+    parts.append(f"<p>Evaluated: {b0['n']} images, {b0['n_infected']} infected, {b0['n_normal']} normal.")
+    if metrics.get("unreadable_skipped"):
+        parts.append(f" Skipped as unreadable: {len(metrics['unreadable_skipped'])}.")
+    parts.append("</p>")
+
+    boot = metrics.get("bootstrap", {})
+    parts.append("<h2>Metrics (infected vs normal)</h2>")
+    parts.append(f"<p>Thresholds other than 0.5 were chosen on the validation split and are only reported here. "
+                 f"Brackets: 95% bootstrap intervals ({boot.get('resamples')} {boot.get('unit')}-level resamples, seed {boot.get('seed')}).</p>")
+    parts.append(metrics_table(metrics["binary"], metrics.get("operating_points", {})))
+    if metrics.get("stages"):
+        parts.append("<h3>Each stage's best checkpoint (threshold 0.5)</h3><table><tr><th>stage / split</th>"
+                     + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>")
+        for stage, r in metrics["stages"].items():
+            for split in ("val", "test"):
+                if split in r:
+                    parts.append(f"<tr><td>{stage} / {split}</td>" + "".join(f"<td>{_v(r[split].get(k))}</td>" for k in KEYS) + "</tr>")
+        parts.append("</table>")
+    if metrics.get("per_source"):
+        parts.append("<h3>Per source (validation threshold)</h3><table><tr><th>source</th><th>n</th><th>infected</th>"
+                     + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>")
+        for src, m in metrics["per_source"].items():
+            parts.append(f"<tr><td>{html.escape(src)}</td><td>{m['n']}</td><td>{m['n_infected']}</td>"
+                         + "".join(f"<td>{_v(m.get(k))}</td>" for k in KEYS) + "</tr>")
+        parts.append("</table>")
+    cal = metrics.get("calibration", {})
+    if cal:
+        line = f"Expected calibration error {cal['ece']:.3f}"
+        if "ece_uncalibrated" in cal:
+            line += f" after temperature scaling (T = {cal['temperature']:.2f}, fitted on validation); {cal['ece_uncalibrated']:.3f} before"
+        parts.append(f"<p>{line}.</p>")
+
+    parts.append("<h2>Curves</h2><div class='grid'>")
+    for name in ("learning_curves", "roc", "pr", "confusion", "reliability", "confusion_multiclass"):
+        parts.append(_img(plots / f"{name}.png"))
+    parts.append("</div>")
+    if cam_pngs:
+        parts.append("<h2>Grad-CAM</h2><p>Where the model looked, for the predicted class. Heat on text, markers or "
+                     "borders rather than the lungs is a warning sign.</p><div class='grid'>")
+        parts += [_png_bytes_img(data, alt) for data, alt in cam_pngs]
+        parts.append("</div>")
+
+    parts.append("<h2>Caveats</h2><ul>")
+    caveats = [
+        "A research tool, not a diagnostic device: nothing here is evidence of clinical performance.",
+        f"The evaluated split has {b0['n']} images; read every figure with its interval.",
+        "Datasets that draw classes from different sources let a model learn the source instead of the disease: compare the per-source rows and validate externally.",
+        "Labels mined from reports (as in NIH ChestX-ray) are noisy.",
+    ]
+    if synthetic:
+        caveats.insert(0, SYNTHETIC_NOTE)
+    parts += [f"<li>{html.escape(c)}</li>" for c in caveats] + ["</ul>"]
+    if config:
+        parts.append(f"<h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
+    parts.append("</body></html>")
+    path = outdir / "report.html"
+    path.write_text("\n".join(parts))
+    return path
