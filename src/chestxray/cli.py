@@ -190,6 +190,34 @@ def explain(
 
 
 @app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
+    data: Optional[str] = typer.Option(None, help="Data to compare on. (default: the first run's training data)"),
+    split: str = typer.Option("test", help="Split to compare on."),
+    out: Path = typer.Option(Path("compare"), help="Output folder (compare.json, roc_compare.png)."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC intervals."),
+):
+    """One table and one ROC plot across runs on the same images, with DeLong tests against the first run."""
+    from .evaluation.compare import compare_runs
+
+    try:
+        r = compare_runs(runs, data, split, out, bootstrap)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"{r['data']} split {r['split']}: {r['n']} images, {r['n_infected']} infected")
+    typer.echo(f"{'run':32s} {'model':18s} {'loss':6s} {'ROC-AUC [95% CI]':>24s} {'acc':>7s} {'sens':>7s} {'spec':>7s} {'F1':>7s}")
+    for row in r["runs"]:
+        ci = row["roc_auc_ci95"]
+        auc = f"{row['roc_auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "")
+        typer.echo(f"{Path(row['run']).name[:32]:32s} {str(row['model'])[:18]:18s} {str(row['loss'])[:6]:6s} {auc:>24s} "
+                   f"{row['accuracy']:7.3f} {row['sensitivity']:7.3f} {row['specificity']:7.3f} {row['f1_infected']:7.3f}")
+    for t in r["delong_vs_first"]:
+        typer.echo(f"DeLong {Path(t['run_2']).name} - {Path(t['run_1']).name}: AUC difference {-t['difference']:+.3f} "
+                   f"(95% CI [{-t['ci95'][1]:+.3f}, {-t['ci95'][0]:+.3f}]), p = {t['p_value']:.3g}")
+    typer.echo(f"written: {out}/compare.json, {out}/roc_compare.png")
+
+
+@app.command()
 def models():
     """List supported models and whether their ImageNet weights are usable offline here."""
     from .models.backbones import REGISTRY, offline_weights_source

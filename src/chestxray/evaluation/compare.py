@@ -1,0 +1,67 @@
+"""Compare runs on the same images: one table, one ROC plot, DeLong tests of AUC differences."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data.datamodule import decode_split
+from ..data.sources import DataError, load_samples
+from ..inference.predict import load_model, predict_logits
+from .metrics import binary_metrics, bootstrap_ci, delong_test
+
+
+def compare_runs(runs: list[Path], data: str | None, split: str, out: Path, n_boot: int = 1000, seed: int = 0) -> dict:
+    if len(runs) < 2:
+        raise ValueError("compare needs at least two runs")
+    loaded = [load_model(r) for r in runs]
+    data = data or loaded[0].meta["config"]["data"]["data"]
+    splits = load_samples(data)
+    if split not in splits:
+        raise DataError(f"{data}: no '{split}' split (found: {sorted(splits)})")
+    samples = [s for s in splits[split] if s.label]
+    y, ps, rows = None, [], []
+    for run, lm in zip(runs, loaded):
+        dec = decode_split(samples, lm.img_size, False, f"reading {split}")
+        p = lm.scheme.p_infected(predict_logits(lm.model, dec.images, lm.img_size, lm.mean, lm.std) / lm.temperature).numpy()
+        y_run = np.array([lm.scheme.is_infected(s.label) for s in samples])
+        if y is not None and not np.array_equal(y, y_run):
+            raise DataError(f"{run}: its Normal class differs from the first run's; the runs cannot be compared")
+        y = y_run
+        ps.append(p)
+        cfg = lm.meta.get("config", {})
+        m = binary_metrics(y, p, lm.threshold)
+        groups = [s.patient_id or f"__image{i}" for i, s in enumerate(samples)] if any(s.patient_id for s in samples) else None
+        ci = bootstrap_ci(y, p, {"t": lm.threshold}, groups, n_boot, seed)["t"] if n_boot else {}
+        rows.append({"run": str(run), "model": lm.meta.get("model_name"), "loss": cfg.get("train", {}).get("loss"),
+                     "stage": lm.meta.get("stage"), "threshold": lm.threshold, **{k: m[k] for k in
+                     ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "f1_infected")},
+                     "roc_auc_ci95": ci.get("roc_auc")})
+    tests = [{"run_1": str(runs[0]), "run_2": str(runs[i]), **delong_test(y, ps[0], ps[i])} for i in range(1, len(runs))]
+    out.mkdir(parents=True, exist_ok=True)
+    _roc_plot(y, ps, [f"{r['model']} {r['loss']} ({Path(r['run']).name})" for r in rows], out / "roc_compare.png")
+    result = {"data": str(data), "split": split, "n": int(len(y)), "n_infected": int(y.sum()), "runs": rows,
+              "delong_vs_first": tests, "note": "Research tool, not a diagnostic device."}
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _roc_plot(y, ps, labels, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for p, label in zip(ps, labels):
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"{label}: AUC {roc_auc_score(y, p):.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, infected vs normal")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
