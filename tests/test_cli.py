@@ -174,3 +174,13 @@ def test_demo_runs_the_whole_job_on_synthetic_data(tmp_path):
     pred = pd.read_csv(run / "predictions.csv")
     assert len(pred) == 12 and set(pred["source"]) == {"synthetic-phantom"}
     assert json.loads((run / "metrics.json").read_text())["synthetic"] is True
+
+
+def test_report_is_one_self_contained_file(trained_run):
+    out, _ = trained_run
+    html = (out / "report.html").read_text()
+    for text in ("Research tool, not a diagnostic device", "SYNTHETIC", "Caveats", "Grad-CAM", "Configuration",
+                 "best_f1", "youden", "95% bootstrap intervals", "Reliability"[:5].lower()):
+        assert text in html, text
+    assert html.count("data:image/png;base64,") >= 6  # curves, confusion, reliability, CAM grids, embedded
+    assert 'src="http' not in html and "<script" not in html  # opens offline

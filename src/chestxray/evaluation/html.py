@@ -135,9 +135,8 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
     parts.append("</div>")
     if cam_pngs:
         parts.append("<h2>Grad-CAM</h2><p>Where the model looked, for the predicted class. Heat on text, markers or "
-                     "borders rather than the lungs is a warning sign.</p><div class='grid'>")
-        parts += [_png_bytes_img(data, alt) for data, alt in cam_pngs]
-        parts.append("</div>")
+                     "borders rather than the lungs is a warning sign.</p>")
+        parts += [f"<p>{_png_bytes_img(data, alt)}</p>" for data, alt in cam_pngs]
 
     parts.append("<h2>Caveats</h2><ul>")
     caveats = [
