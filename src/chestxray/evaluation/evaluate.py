@@ -101,5 +101,5 @@ def evaluate_run(
     from ..inference.explain import cam_examples
     from .html import write_report
 
-    write_report(out, metrics, loaded.meta.get("config"), cam_examples(loaded, decoded.images, decoded.samples))
+    write_report(out, metrics, loaded.meta.get("config"), cam_examples(loaded, decoded.images, decoded.samples, logits))
     return metrics, out

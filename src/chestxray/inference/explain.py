@@ -92,16 +92,18 @@ def explain_paths(loaded: LoadedModel, paths: list[str], out: Path, skip_bad: bo
     return df
 
 
-def cam_examples(loaded: LoadedModel, images, samples: list[Sample], n: int = 4) -> list[tuple[bytes, str]]:
-    """Grad-CAM grids of up to `n` correct and `n` wrong predictions (the most confident of each)."""
+def cam_examples(
+    loaded: LoadedModel, images, samples: list[Sample], logits: torch.Tensor, n: int = 4
+) -> list[tuple[bytes, str]]:
+    """Grad-CAM grids of up to `n` correct and `n` wrong predictions (the most confident of each).
+
+    `logits` are the model's raw outputs on `images`, already computed by the caller.
+    """
     from ..evaluation.html import cam_grid_png
 
     if not len(samples):
         return []
-    from .predict import predict_logits
-
-    logits = predict_logits(loaded.model, images, loaded.img_size, loaded.mean, loaded.std) / loaded.temperature
-    p = loaded.scheme.p_infected(logits).numpy()
+    p = loaded.scheme.p_infected(logits / loaded.temperature).numpy()
     y = np.array([loaded.scheme.is_infected(s.label) for s in samples])
     pred = (p >= loaded.threshold).astype(int)
     confidence = np.abs(p - loaded.threshold)

@@ -307,7 +307,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     metrics["summary"] = summarise(results, metrics, final_stage, eval_split, synthetic)
     write_json(out / "metrics.json", metrics)
     loaded = LoadedModel(model, scheme, size, mean, std, threshold, meta, temperature)
-    cams = cam_examples(loaded, decoded[eval_split].images, decoded[eval_split].samples)
+    cams = cam_examples(loaded, decoded[eval_split].images, decoded[eval_split].samples, logits[final_stage][eval_split])
     write_report(out, metrics, cfg.to_dict(), cams)
     return metrics
 
