@@ -97,3 +97,16 @@ def test_cli_operating_point_calibration_and_intervals(tiny_data, tmp_path):
     df = pd.read_csv(tmp_path / "p.csv")
     assert (df["threshold"] == ckpt["threshold"]).all()
     assert ((df["p_infected"] >= ckpt["threshold"]) == (df["predicted"] == "infected")).all()
+
+
+def test_per_source_rows_have_intervals():
+    from chestxray.evaluation.metrics import per_source
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 120)
+    p = np.clip(0.4 * y + rng.normal(0.3, 0.2, 120), 0, 1)
+    sources = ["a"] * 60 + ["b"] * 60
+    out = per_source(y, p, sources, 0.5, None, 200, 0)
+    assert set(out) == {"a", "b"} and out["a"]["n"] == 60
+    lo, hi = out["b"]["ci95"]["roc_auc"]
+    assert lo <= out["b"]["roc_auc"] <= hi

@@ -40,16 +40,18 @@ def _v(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _cell(m: dict, k: str) -> str:
+    """A table cell: the value, and its 95% interval below it when there is one."""
+    c = (m.get("ci95") or {}).get(k)
+    extra = f'<br><span class="ci">[{_v(c[0])}, {_v(c[1])}]</span>' if c and c[0] is not None else ""
+    return f"<td>{_v(m.get(k))}{extra}</td>"
+
+
 def metrics_table(binary: dict, thresholds: dict) -> str:
     rows = ["<tr><th>operating point</th><th>threshold</th>" + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>"]
     for name, m in binary.items():
-        ci = m.get("ci95") or {}
-        cells = []
-        for k in KEYS:
-            c = ci.get(k)
-            extra = f'<br><span class="ci">[{_v(c[0])}, {_v(c[1])}]</span>' if c and c[0] is not None else ""
-            cells.append(f"<td>{_v(m.get(k))}{extra}</td>")
-        rows.append(f"<tr><td>{html.escape(name[3:])}</td><td>{m['threshold']:.3f}</td>{''.join(cells)}</tr>")
+        cells = "".join(_cell(m, k) for k in KEYS)
+        rows.append(f"<tr><td>{html.escape(name[3:])}</td><td>{m['threshold']:.3f}</td>{cells}</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -120,7 +122,7 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
                      + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>")
         for src, m in metrics["per_source"].items():
             parts.append(f"<tr><td>{html.escape(src)}</td><td>{m['n']}</td><td>{m['n_infected']}</td>"
-                         + "".join(f"<td>{_v(m.get(k))}</td>" for k in KEYS) + "</tr>")
+                         + "".join(_cell(m, k) for k in KEYS) + "</tr>")
         parts.append("</table>")
     cal = metrics.get("calibration", {})
     if cal:

@@ -105,11 +105,18 @@ def multilabel_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thre
     }
 
 
-def per_source(y: np.ndarray, p: np.ndarray, sources: list[str | None], threshold: float) -> dict:
+def per_source(
+    y: np.ndarray, p: np.ndarray, sources: list[str | None], threshold: float,
+    groups: list | None = None, n_boot: int = 0, seed: int = 0,
+) -> dict:
+    """Binary metrics per source, each with its own bootstrap interval when n_boot > 0."""
     out = {}
     for src in sorted({s for s in sources if s}):
         m = np.array([s == src for s in sources])
         out[src] = binary_metrics(y[m], p[m], threshold)
+        if n_boot:
+            g = [groups[i] for i in np.nonzero(m)[0]] if groups is not None else None
+            out[src]["ci95"] = bootstrap_ci(y[m], p[m], {"t": threshold}, g, n_boot, seed)["t"]
     return out
 
 

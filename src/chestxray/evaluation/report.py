@@ -65,7 +65,7 @@ def evaluate_logits(
         out["multilabel"] = multilabel_metrics(y_ml, probs, list(scheme.output_names))
     sources = [s.source for s in samples]
     if any(sources):
-        out["per_source"] = per_source(y, p, sources, threshold)
+        out["per_source"] = per_source(y, p, sources, threshold, groups, n_boot, seed)
     return out
 
 
