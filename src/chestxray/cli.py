@@ -101,7 +101,7 @@ def train(
     if not metrics:  # another DDP process: rank zero reports
         return
     typer.echo("\n" + metrics["summary"])
-    typer.echo(f"\nrun directory: {out}  (metrics.json, plots/, checkpoints/best.ckpt)")
+    typer.echo(f"\nrun directory: {out}  (report: {out / 'report.html'}; metrics.json, plots/, checkpoints/best.ckpt)")
 
 
 @app.command()
@@ -265,7 +265,7 @@ def demo(
             typer.echo(f"\npredicted the {len(df)} {name} images -> {run / 'predictions.csv'}")
     except USER_ERRORS as e:
         _fail(e)
-    typer.echo(f"run directory: {run}  (metrics.json, plots/, history.csv, checkpoints/best.ckpt)")
+    typer.echo(f"run directory: {run}  (report: {run / 'report.html'}; metrics.json, plots/, history.csv, checkpoints/best.ckpt)")
 
 
 data_app = typer.Typer(help="Dataset checks and splits.", no_args_is_help=True)
