@@ -119,6 +119,8 @@ def head_features(cfg: Config, model, decoded: dict, mean, std, precision: str) 
     """Features of every split from the frozen backbone, computed once and cached on disk."""
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     fingerprint = state_fingerprint(model)
+    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # extract on this process's GPU
     feats = {}
     for name, split in decoded.items():
         views = cfg.train.feature_views if name == "train" else 0
@@ -132,6 +134,7 @@ def head_features(cfg: Config, model, decoded: dict, mean, std, precision: str) 
                 precision=precision, channels_last=cfg.train.channels_last,
             ),
         )
+    model.cpu()
     return feats
 
 
