@@ -84,12 +84,6 @@ class ImageStore:
         shard, row = self.refs[i]
         return shard[row]
 
-    def subset(self, idx: list[int]) -> "ImageStore":
-        return ImageStore([self.refs[i] for i in idx], self.side)
-
-    def to_array(self) -> np.ndarray:
-        return np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros((0, self.side, self.side), np.uint8)
-
 
 class DecodedCache:
     def __init__(self, root: str | Path | None, side: int):

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..data.datamodule import decode_split
+from ..data.datamodule import DecodedDataset, decode_split, make_loader
 from ..data.sources import Sample
 from ..data.transforms import eval_transform, to_model_input
 from .predict import LoadedModel
@@ -47,11 +47,10 @@ def gradcam(loaded: LoadedModel, images, batch_size: int = 16) -> tuple[np.ndarr
     from pytorch_grad_cam import GradCAM
 
     model = loaded.model.eval()
-    tf = eval_transform(loaded.img_size)
+    ds = DecodedDataset(images, None, eval_transform(loaded.img_size))
     cams, logits, shown = [], [], []
     with GradCAM(model=model, target_layers=[cam_target_layer(model)]) as cam:
-        for s in range(0, len(images), batch_size):
-            x8 = torch.stack([tf(torch.from_numpy(np.array(images[i])).unsqueeze(0)) for i in range(s, min(len(images), s + batch_size))])
+        for x8, _, _ in make_loader(ds, batch_size, train=False):
             x = to_model_input(x8, loaded.mean, loaded.std, channels_last=False)
             with torch.no_grad():
                 out = model(x).float()

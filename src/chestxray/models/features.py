@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data.datamodule import DecodedDataset, make_loader
 from ..data.transforms import eval_transform, to_model_input, train_transform
-from .backbones import head_prefixes
+from .backbones import head_prefixes, is_head_param
 
 
 def head_split(model: nn.Module) -> tuple[Callable, Callable]:
@@ -83,7 +83,7 @@ def state_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha1()
     prefixes = head_prefixes(model)
     for name, t in model.state_dict().items():
-        if any(name == p or name.startswith(p + ".") for p in prefixes):
+        if is_head_param(name, prefixes):
             continue
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
