@@ -5,9 +5,13 @@ from chestxray.data.labels import TaskScheme
 
 
 def test_binary_scheme_normal_any_case():
-    s = TaskScheme.build("binary", ["COVID", "Normal", "pneumonia"])
-    assert s.normal_class == "Normal" and s.num_outputs == 1
-    assert s.target("COVID").item() == 1.0 and s.target("Normal").item() == 0.0
+    s = TaskScheme.build("binary", ["COVID", "Normal", "pneumonia", "normal"])
+    assert s.classes == ("covid", "normal", "pneumonia")  # one canonical spelling per class
+    assert s.normal_class == "normal" and s.num_outputs == 1
+    assert s.target("COVID").item() == 1.0 and s.target("Normal").item() == 0.0 and s.target("NORMAL").item() == 0.0
+    # a checkpoint written with other spellings reads back canonical
+    old = TaskScheme.from_dict({"task": "binary", "classes": ["NORMAL", "PNEUMONIA"], "normal_class": "NORMAL"})
+    assert old.is_infected("normal") == 0 and old.is_infected("Pneumonia") == 1
     assert torch.allclose(s.p_infected(torch.tensor([[0.0], [100.0]])), torch.tensor([0.5, 1.0]))
 
 

@@ -5,22 +5,68 @@ A research tool, not a diagnostic device.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
-from .config import Config
+from .config import SECTIONS, Config, field_type, flag_name
 
 app = typer.Typer(
     help="Infected-vs-Normal chest X-ray classification by two-stage transfer learning. "
     "Research tool, not a diagnostic device.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: no type placeholders on flags
 )
-D = Config()  # defaults shown in --help
+log = logging.getLogger("chestxray")
+
+
+class _Command(TyperCommand):
+    """Usage lines in the usual form: `chestxray predict [OPTIONS] RUN [PATHS]...`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or param.name.upper()
+                pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the message (a test runner may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The project's messages on stderr: INFO and above, DEBUG with --verbose. Set once per command."""
+    for h in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+        log.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages.")):
+    setup_logging(verbose)
 
 
 def _fail(e: Exception) -> None:
@@ -31,70 +77,54 @@ def _fail(e: Exception) -> None:
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError)
 
 
-@app.command()
+def config_options(command):
+    """Give a Typer command one --option per config field (help, allowed values and default from the
+    field's declaration in config.py); the command receives those that were given as `overrides`."""
+    hints = typing.get_type_hints(command)
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values() if p.name != "overrides"]
+    generated = []
+    for section in SECTIONS.values():
+        for f in fields(section):
+            kind = field_type(section, f.name)
+            meta = f.metadata
+            help_text = meta["help"]
+            if meta.get("choices"):
+                help_text += f" One of: {', '.join(meta['choices'])}."
+            if f.default is not None and f.default != "" and "[default:" not in help_text:
+                shown = str(f.default).lower() if kind is bool else f.default
+                help_text += f"  [default: {shown}]"
+            decls = [flag_name(f.name)]
+            if kind is bool:
+                decls = [f"{flag_name(f.name)}/--no-{f.name.replace('_', '-')}"]
+            generated.append(inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                default=typer.Option(None, *decls, help=help_text, show_default=False),
+            ))
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        mine = {p.name: kwargs.pop(p.name) for p in own}
+        return command(**mine, overrides={k: v for k, v in kwargs.items() if v is not None})
+
+    wrapper.__signature__ = inspect.Signature(own + generated)
+    wrapper.__annotations__ = {}
+    return wrapper
+
+
+@app.command(cls=_Command)
+@config_options
 def train(
-    data: Optional[str] = typer.Option(None, help="ImageFolder root (train/ val/ test/ with one folder per class) or CSV manifest."),
     out: Path = typer.Option(..., help="Run directory to create."),
-    config: Optional[Path] = typer.Option(None, help="YAML file setting any option below; flags override it."),
-    model: Optional[str] = typer.Option(None, help=f"Backbone: a registered name (see `chestxray models`) or any timm model. (default: {D.model.model})"),
-    weights: Optional[Path] = typer.Option(None, help="ImageNet weights file (timm or torchvision format) for the backbone."),
-    no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Start from random weights (explicit; never a silent fallback)."),
-    task: Optional[str] = typer.Option(None, help=f"binary | multiclass | multilabel. (default: {D.data.task})"),
-    normal_class: Optional[str] = typer.Option(None, help=f"Class name meaning Normal (any case); all others are Infected. (default: {D.data.normal_class})"),
-    stages: Optional[str] = typer.Option(None, help=f"Stages to run. (default: {D.train.stages})"),
-    img_size: Optional[int] = typer.Option(None, help=f"Input size in pixels. (default: {D.data.img_size})"),
-    batch_size: Optional[int] = typer.Option(None, help=f"(default: {D.data.batch_size})"),
-    epochs_head: Optional[int] = typer.Option(None, help=f"Head-stage epochs (backbone frozen, BN statistics too). (default: {D.train.epochs_head})"),
-    epochs_finetune: Optional[int] = typer.Option(None, help=f"Finetune-stage epochs (from the best head checkpoint). (default: {D.train.epochs_finetune})"),
-    lr: Optional[float] = typer.Option(None, help=f"Head-stage learning rate. (default: {D.train.lr})"),
-    head_augment: Optional[bool] = typer.Option(None, "--head-augment/--no-head-augment", help=f"Augment images in the head stage (finetune always augments). (default: {D.train.head_augment})"),
-    head_features: Optional[bool] = typer.Option(None, "--head-features/--no-head-features", help=f"Head stage on backbone features computed once and cached, instead of running the frozen backbone every epoch. (default: {D.train.head_features})"),
-    feature_views: Optional[int] = typer.Option(None, help=f"Extra augmented views per training image in the feature cache. (default: {D.train.feature_views})"),
-    lr_finetune: Optional[float] = typer.Option(None, help=f"Head learning rate in finetune; the backbone gets it x --backbone-lr-factor. (default: {D.train.lr_finetune})"),
-    backbone_lr_factor: Optional[float] = typer.Option(None, help=f"(default: {D.train.backbone_lr_factor})"),
-    optimizer: Optional[str] = typer.Option(None, help=f"adamw | sgd. (default: {D.train.optimizer})"),
-    weight_decay: Optional[float] = typer.Option(None, help=f"(default: {D.train.weight_decay})"),
-    warmup_epochs: Optional[float] = typer.Option(None, help=f"Linear warm-up before the cosine decay. (default: {D.train.warmup_epochs})"),
-    loss: Optional[str] = typer.Option(None, help=f"ce | focal. (default: {D.train.loss})"),
-    focal_gamma: Optional[float] = typer.Option(None, help=f"(default: {D.train.focal_gamma})"),
-    focal_alpha: Optional[float] = typer.Option(None, help=f"Focal alpha for the positive class; < 0 disables it. (default: {D.train.focal_alpha})"),
-    class_weights: Optional[bool] = typer.Option(None, "--class-weights/--no-class-weights", help=f"Balance classes in the loss. (default: {D.train.class_weights})"),
-    unfreeze_last: Optional[int] = typer.Option(None, help=f"Finetune only the last N backbone blocks (0 = all). (default: {D.train.unfreeze_last})"),
-    finetune_bn: Optional[str] = typer.Option(None, help=f"frozen | train: batch-norm statistics during finetune. (default: {D.train.finetune_bn})"),
-    operating_point: Optional[str] = typer.Option(None, help=f"Threshold stored with the model and used by predict, chosen on validation: best_f1 | youden | sensitivity. (default: {D.train.operating_point})"),
-    target_sensitivity: Optional[float] = typer.Option(None, help=f"Sensitivity the 'sensitivity' operating point must reach on validation. (default: {D.train.target_sensitivity})"),
-    calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate", help=f"Temperature scaling fitted on validation; ECE reported before and after. (default: {D.train.calibrate})"),
-    bootstrap: Optional[int] = typer.Option(None, help=f"Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none). (default: {D.train.bootstrap})"),
-    monitor: Optional[str] = typer.Option(None, help=f"Validation metric for checkpoints and early stopping: val_auc | val_f1 | val_loss. (default: {D.train.monitor})"),
-    patience: Optional[int] = typer.Option(None, help=f"Early-stopping patience in epochs. (default: {D.train.patience})"),
-    val_fraction: Optional[float] = typer.Option(None, help=f"Fraction of train carved out as validation when there is no val split. (default: {D.data.val_fraction})"),
-    seed: Optional[int] = typer.Option(None, help=f"(default: {D.train.seed})"),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic algorithms (slower)."),
-    skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--no-skip-bad", help="Skip unreadable images (listed in RUN/skipped.csv) instead of stopping."),
-    devices: Optional[str] = typer.Option(None, help=f"Lightning devices. (default: {D.train.devices})"),
-    accelerator: Optional[str] = typer.Option(None, help=f"cpu | gpu | auto. (default: {D.train.accelerator})"),
-    precision: Optional[str] = typer.Option(None, help=f"auto | 32-true | bf16-mixed | 16-mixed; auto uses bf16 where the hardware supports it. (default: {D.train.precision})"),
-    num_nodes: Optional[int] = typer.Option(None, help=f"Lightning nodes (multi-node DDP). (default: {D.train.num_nodes})"),
-    strategy: Optional[str] = typer.Option(None, help=f"Lightning strategy, e.g. ddp. (default: {D.train.strategy})"),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help=f"(default: {D.train.channels_last})"),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=f"torch.compile the model. (default: {D.train.compile})"),
-    cache_dir: Optional[str] = typer.Option(None, help="Decoded-image and feature cache. (default: $CHESTXRAY_CACHE or ~/.cache/chestxray)"),
-    workers: Optional[int] = typer.Option(None, help=f"DataLoader workers. (default: {D.data.workers})"),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    config: Optional[Path] = typer.Option(None, help="YAML file setting any option below (nested data/model/train sections or flat); flags override it."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    overrides: dict = None,
 ):
     """Train a classifier: head stage on the frozen backbone, then fine-tuning; evaluate on test."""
     from .training.stages import train_run
 
-    cfg = Config.load(config) if config else Config()
-    flags = {k: v for k, v in locals().items() if k not in ("config", "out", "quiet", "cfg", "train_run", "no_pretrained") and v is not None}
-    if "weights" in flags:
-        flags["weights"] = str(flags["weights"])
-    if no_pretrained:
-        flags["pretrained"] = False
-    cfg.update(flags)
-    if not cfg.data.data:
-        _fail(ValueError("no data: give --data or set data in --config"))
     try:
+        cfg = Config.load(config) if config else Config()
+        cfg.update(overrides)
         metrics = train_run(cfg, out, progress=not quiet)
     except USER_ERRORS as e:
         _fail(e)
@@ -104,14 +134,17 @@ def train(
     typer.echo(f"\nrun directory: {out}  (report: {out / 'report.html'}; metrics.json, plots/, checkpoints/best.ckpt)")
 
 
-@app.command()
+RUN_ARG = typer.Argument(..., metavar="RUN", help="Run directory (or its checkpoints/best.ckpt).")
+
+
+@app.command(cls=_Command)
 def evaluate(
-    run: Path = typer.Argument(..., help="Run directory (or checkpoints/best.ckpt)."),
+    run: Path = RUN_ARG,
     data: str = typer.Option(..., help="ImageFolder root or CSV manifest."),
-    split: str = typer.Option("test", help="Split to evaluate."),
-    out: Optional[Path] = typer.Option(None, help="Output folder. (default: RUN/eval/<data>-<split>)"),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate.  [default: test; all images where the data has no train/val/test splits]"),
+    out: Optional[Path] = typer.Option(None, help="Output folder.  [default: RUN/eval/<data>-<split>]"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for 95% intervals (0: none)."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for 95% intervals (0: none)."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
 ):
     """Metrics with 95% intervals at 0.5 and at each validation operating point, calibration, per source, plots."""
@@ -122,6 +155,9 @@ def evaluate(
         metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed)
     except USER_ERRORS as e:
         _fail(e)
+    split = metrics["split"]
+    if split == "all":
+        typer.echo(f"{data} has no train/val/test splits: evaluated all {metrics['binary']['at_0.5']['n']} labelled images.")
     if metrics["external"]:
         typer.echo(f"EXTERNAL evaluation: {data} was not the training data of this run.")
     if metrics["synthetic"]:
@@ -132,27 +168,36 @@ def evaluate(
     typer.echo(ci_line(metrics))
     cal = metrics["calibration"]
     typer.echo(f"ECE {cal['ece']:.3f}" + (f" (temperature {cal['temperature']:.2f}; before scaling {cal['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in cal else ""))
-    typer.echo(f"\nwritten: {outdir}/metrics.json and {outdir}/plots/")
+    typer.echo(f"\nwritten: {outdir}/metrics.json, {outdir}/report.html and {outdir}/plots/")
 
 
-@app.command()
+SCREENFUL = 20  # predictions shown on the terminal; the file has them all
+
+
+@app.command(cls=_Command)
 def predict(
-    run: Path = typer.Argument(..., help="Run directory (or checkpoints/best.ckpt)."),
-    paths: Optional[list[Path]] = typer.Argument(None, help="Image files or folders."),
+    run: Path = RUN_ARG,
+    paths: Optional[list[Path]] = typer.Argument(None, metavar="PATHS", help="Image files or folders."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="CSV manifest; every row is predicted (rows with an empty label are the unlabelled ones)."),
     unlabelled_only: bool = typer.Option(False, "--unlabelled-only", help="With --csv: only rows with an empty label."),
-    out: Path = typer.Option(Path("predictions.csv"), help="Output CSV."),
+    out: Optional[str] = typer.Option(None, help="Output file, or - for stdout.  [default: predictions.csv, or predictions.json with --format json]"),
+    format: str = typer.Option("csv", "--format", help="Output format: csv or json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even where it is not this run's predictions file."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (reported) instead of stopping."),
 ):
     """Predict P(infected), the label at the run's validation threshold, and per-class probabilities."""
     from .data.sources import Sample, read_manifest
-    from .inference.predict import expand_paths, load_model, predict_samples
+    from .inference.predict import check_predictions_out, checkpoint_path, expand_paths, load_model, predict_samples, write_predictions
 
     try:
+        if format not in ("csv", "json"):
+            raise ValueError(f"--format must be csv or json, got '{format}'")
+        out = out or f"predictions.{format}"
         if bool(paths) == bool(csv):
             raise ValueError("give image PATHS or --csv MANIFEST (one of them)")
+        check_predictions_out(out, str(checkpoint_path(run).resolve()), overwrite)
         if csv:
-            splits = read_manifest(csv)
+            splits = read_manifest(csv).splits
             samples = [s for k, v in splits.items() for s in v if not unlabelled_only or k == "unlabelled"]
         else:
             samples = [Sample(p, None) for p in expand_paths(paths)]
@@ -160,21 +205,36 @@ def predict(
             raise ValueError("nothing to predict")
         loaded = load_model(run)
         df, errors = predict_samples(loaded, samples, skip_bad)
+        text = write_predictions(df, out, format, str(loaded.checkpoint))
     except USER_ERRORS as e:
         _fail(e)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
+    to_stdout = out == "-"
+    if to_stdout:
+        typer.echo(text, nl=False)
     for e in errors:
         typer.echo(f"skipped: {e}", err=True)
+    shown = df.head(SCREENFUL)
+    width = min(60, max(len(p) for p in shown["path"]))
+    lines = [f"{'P(infected)':>11s}  {'threshold':>9s}  {'predicted':9s}  path"]
+    lines += [f"{r.p_infected:11.3f}  {r.threshold:9.3f}  {r.predicted:9s}  {_tail(r.path, width)}" for r in shown.itertuples()]
+    if len(df) > SCREENFUL:
+        lines.append(f"... and {len(df) - SCREENFUL} more" + ("" if to_stdout else f" (all in {out})"))
     n_inf = int((df["predicted"] == "infected").sum())
-    typer.echo(f"{len(df)} images: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {loaded.threshold:.3f})")
-    typer.echo(f"written: {out}")
+    lines.append(f"{len(df)} images: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {loaded.threshold:.3f}, "
+                 f"{loaded.meta.get('threshold_rule', 'chosen on validation')}). Research tool, not a diagnostic device.")
+    if not to_stdout:
+        lines.append(f"written: {out}")
+    typer.echo("\n".join(lines), err=to_stdout)
 
 
-@app.command()
+def _tail(path: str, width: int) -> str:
+    return path if len(path) <= width else "..." + path[-(width - 3):]
+
+
+@app.command(cls=_Command)
 def explain(
-    run: Path = typer.Argument(..., help="Run directory (or checkpoints/best.ckpt)."),
-    paths: list[Path] = typer.Argument(..., help="Image files or folders."),
+    run: Path = RUN_ARG,
+    paths: list[Path] = typer.Argument(..., metavar="PATHS", help="Image files or folders."),
     out: Path = typer.Option(Path("gradcam"), help="Output folder for overlays and explanations.csv."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
 ):
@@ -189,11 +249,11 @@ def explain(
     typer.echo(f"{len(df)} Grad-CAM overlays -> {out} (explanations.csv lists them)")
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
-    runs: list[Path] = typer.Argument(..., help="Two or more run directories."),
-    data: Optional[str] = typer.Option(None, help="Data to compare on. (default: the first run's training data)"),
-    split: str = typer.Option("test", help="Split to compare on."),
+    runs: list[Path] = typer.Argument(..., metavar="RUNS", help="Two or more run directories."),
+    data: Optional[str] = typer.Option(None, help="Data to compare on.  [default: the first run's training data]"),
+    split: Optional[str] = typer.Option(None, help="Split to compare on.  [default: test; all images where the data has no splits]"),
     out: Path = typer.Option(Path("compare"), help="Output folder (compare.json, roc_compare.png)."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC intervals."),
 ):
@@ -217,7 +277,7 @@ def compare(
     typer.echo(f"written: {out}/compare.json, {out}/roc_compare.png")
 
 
-@app.command()
+@app.command(cls=_Command)
 def models():
     """List supported models and whether their ImageNet weights are usable offline here."""
     from .models.backbones import REGISTRY, offline_weights_source
@@ -229,13 +289,13 @@ def models():
     typer.echo("\nAny other timm model name also works, with hub weights, --weights FILE or --no-pretrained.")
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its data and run."),
     data: Optional[str] = typer.Option(None, help="Run the same job on real data instead of the synthetic phantoms."),
-    img_size: int = typer.Option(128, help="Demo input size (small, for a CPU)."),
-    images: int = typer.Option(300, help="Number of labelled synthetic images to generate."),
-    quiet: bool = typer.Option(False, "--quiet"),
+    img_size: int = typer.Option(128, min=32, help="Demo input size (small, for a CPU)."),
+    images: int = typer.Option(300, min=30, help="Number of labelled synthetic images to generate."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ):
     """The whole job offline: synthetic phantoms (or --data), both stages, evaluation, predictions."""
     from .data.sources import load_samples
@@ -272,19 +332,21 @@ data_app = typer.Typer(help="Dataset checks and splits.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("check")
+@data_app.command("check", cls=_Command)
 def data_check(
-    data: str = typer.Argument(..., help="ImageFolder root or CSV manifest."),
-    max_distance: int = typer.Option(4, help="Near duplicates: largest Hamming distance between 256-bit dHashes."),
+    data: str = typer.Argument(..., metavar="DATA", help="ImageFolder root or CSV manifest."),
+    normal_class: str = typer.Option("normal", help="Class name meaning Normal (any case)."),
+    max_distance: int = typer.Option(4, min=0, help="Near duplicates: largest Hamming distance between 256-bit dHashes."),
     out: Optional[Path] = typer.Option(None, help="Also write the full report as JSON here."),
 ):
-    """Counts, unreadable files, modes and sizes, duplicates and patients across splits. Exit 1 on leakage or unreadable files."""
+    """Counts, unreadable files, modes and sizes, class and split spellings, duplicates (across splits, or with
+    two labels in one split) and patients across splits. Exit 1 where training would fail or be wrong."""
     import json
 
     from .data.check import check_dataset
 
     try:
-        r = check_dataset(data, max_distance)
+        r = check_dataset(data, max_distance, normal_class)
     except USER_ERRORS as e:
         _fail(e)
     for split, info in r["splits"].items():
@@ -292,33 +354,31 @@ def data_check(
     typer.echo("modes: " + ", ".join(f"{k}: {v}" for k, v in sorted(r["modes"].items())))
     for k, v in r["sizes"].items():
         typer.echo(f"{k}: min {v['min']}, median {v['median']}, max {v['max']}")
+    for w in r["warnings"]:
+        typer.echo(f"NOTE {w}")
     for u in r["unreadable"]:
         typer.echo(f"UNREADABLE {u['reason']}")
     for d in r["duplicates_across_splits"]:
         typer.echo(f"LEAK {d['kind']}: {d['a']} ({d['split_a']}) ~ {d['b']} ({d['split_b']})")
     for pid, splits in r["patients_in_several_splits"].items():
         typer.echo(f"LEAK patient {pid} in {', '.join(splits)}")
+    for d in r["conflicting_labels"]:
+        typer.echo(f"CONFLICT {d['kind']} with two labels in {d['split_a']}: {d['a']} ({d['label_a']}) ~ {d['b']} ({d['label_b']})")
     if out:
         out.write_text(json.dumps(r, indent=2))
-    problems = []
-    if r["leakage"]:
-        problems.append(f"leakage: {len(r['duplicates_across_splits'])} duplicate pairs across splits, "
-                        f"{len(r['patients_in_several_splits'])} patients in several splits")
-    if r["unreadable"]:
-        problems.append(f"{len(r['unreadable'])} unreadable files")
-    if problems:
-        typer.secho("FAIL: " + "; ".join(problems), fg=typer.colors.RED, err=True)
+    if r["problems"]:
+        typer.secho("FAIL: " + "; ".join(r["problems"]), fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-    typer.echo("OK: no leakage across splits, every file readable")
+    typer.echo("OK: no leakage across splits, no conflicting labels, every file readable")
 
 
-@data_app.command("split")
+@data_app.command("split", cls=_Command)
 def data_split(
-    manifest: Path = typer.Argument(..., help="CSV manifest with path,label[,patient_id,...]."),
-    out: Optional[Path] = typer.Option(None, help="Output manifest. (default: MANIFEST-split.csv beside it)"),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="CSV manifest with path,label[,patient_id,...]."),
+    out: Optional[Path] = typer.Option(None, help="Output manifest.  [default: MANIFEST-split.csv beside it]"),
     val: float = typer.Option(0.15, help="Validation fraction."),
     test: float = typer.Option(0.15, help="Test fraction."),
-    seed: int = typer.Option(42),
+    seed: int = typer.Option(42, help="Random seed of the split."),
 ):
     """A patient-level, label-stratified train/val/test split, written as a `split` column."""
     from .data.check import split_manifest
@@ -332,7 +392,6 @@ def data_split(
 
 
 def main() -> None:  # pragma: no cover
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     app()
 
 

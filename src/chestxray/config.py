@@ -1,69 +1,105 @@
-"""Run configuration: dataclasses for data, model and training; YAML load/save; saved into each run."""
+"""Run configuration: dataclasses for data, model and training; YAML load/save; saved into each run.
+
+Every option is declared once, here: its default, its help, and the values it allows. The command line
+(`chestxray train --help`) is generated from these fields, and `Config.validate()` checks them all
+before any data is read.
+"""
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError
+
+
+def option(default, help: str, choices: tuple | None = None, ge=None, gt=None, le=None, lt=None, flag: str | None = None):
+    """A config field with its help text and allowed values (enumerated, or numeric bounds).
+
+    `flag`: the command-line spelling of a boolean option, when it is not --name/--no-name.
+    """
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+TASKS = ("binary", "multiclass", "multilabel")
+STAGES = ("head", "finetune")
+MONITORS = ("val_auc", "val_f1", "val_loss")
+OPERATING_POINTS = ("best_f1", "youden", "sensitivity")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
 
 @dataclass
 class DataConfig:
-    data: str = ""  # ImageFolder root or CSV manifest
-    task: str = "binary"  # binary | multiclass | multilabel
-    normal_class: str = "normal"
-    img_size: int = 224
-    batch_size: int = 32
-    val_fraction: float = 0.15  # carved from train (patient-level, stratified) when there is no val split
-    skip_bad: bool = False
-    workers: int = 0  # DataLoader workers; images are decoded once up front, so 0 is fine on a CPU
-    cache_dir: str | None = None  # decoded-image and feature cache (default: $CHESTXRAY_CACHE or ~/.cache/chestxray)
+    data: str = option("", "ImageFolder root (train/ val/ test/ with one folder per class, any case) or CSV manifest.")
+    task: str = option("binary", "Task scheme; infected-vs-normal metrics are reported for every one.", TASKS)
+    normal_class: str = option("normal", "Class name meaning Normal (any case); every other class is Infected.")
+    img_size: int = option(224, "Input size in pixels (square).", ge=32, le=2048)
+    batch_size: int = option(32, "Images per batch (per process under DDP).", ge=1)
+    val_fraction: float = option(0.15, "Fraction of train carved out as validation (patient-level, stratified) when the data has no val split.", gt=0.0, lt=1.0)
+    skip_bad: bool = option(False, "Skip unreadable images (listed in RUN/skipped.csv) instead of stopping.")
+    workers: int = option(0, "DataLoader worker processes; images are decoded once up front, so 0 suits a CPU.", ge=0)
+    cache_dir: str | None = option(None, "Decoded-image and feature cache. [default: $CHESTXRAY_CACHE or ~/.cache/chestxray]")
+    check: bool = option(True, "Check labels, classes and exact duplicates across splits before decoding; stop on a problem.")
 
 
 @dataclass
 class ModelConfig:
-    model: str = "efficientnet_lite0"
-    weights: str | None = None
-    pretrained: bool = True
-    dropout: float = 0.2
+    model: str = option("efficientnet_lite0", "Backbone: a registered name (see `chestxray models`) or any timm model.")
+    weights: str | None = option(None, "ImageNet weights file (timm or torchvision format) for the backbone.")
+    pretrained: bool = option(True, "Start from ImageNet weights; --no-pretrained starts from random ones (never a silent fallback).")
+    dropout: float = option(0.2, "Dropout before the classifier.", ge=0.0, lt=1.0)
 
 
 @dataclass
 class TrainConfig:
-    stages: str = "head,finetune"
-    epochs_head: int = 10
-    epochs_finetune: int = 4
-    lr: float = 3e-3  # head stage
-    head_augment: bool = False  # augment in the head stage (off: measured better on cxr-nih-cohen validation)
-    head_features: bool = True  # head stage on features computed once (off: through the frozen backbone)
-    feature_views: int = 0  # extra augmented views per image in the feature cache (head stage)
-    lr_finetune: float = 3e-4  # head learning rate in the finetune stage
-    backbone_lr_factor: float = 0.1  # backbone lr = lr_finetune * this
-    optimizer: str = "adamw"  # adamw | sgd
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    loss: str = "ce"  # ce | focal
-    focal_gamma: float = 2.0
-    focal_alpha: float = -1.0  # < 0: no alpha weighting
-    class_weights: bool = True  # balance classes in the loss
-    unfreeze_last: int = 0  # finetune: 0 = all backbone blocks, N = the last N
-    finetune_bn: str = "frozen"  # frozen | train: batch-norm statistics during finetune
-    operating_point: str = "best_f1"  # threshold used by predict: best_f1 | youden | sensitivity (chosen on val)
-    target_sensitivity: float = 0.95
-    calibrate: bool = False  # temperature scaling fitted on validation
-    bootstrap: int = 1000  # resamples for 95% confidence intervals (0: none)
-    monitor: str = "val_auc"  # val_auc | val_f1 | val_loss
-    patience: int = 5
-    seed: int = 42
-    deterministic: bool = False
-    accelerator: str = "auto"
-    devices: str = "auto"
-    precision: str = "auto"  # auto: bf16-mixed where the CPU/GPU supports bf16, else 16-mixed (GPU) or 32-true
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the model (opt-in)
-    num_nodes: int = 1
-    strategy: str = "auto"
+    stages: str = option("head,finetune", "Stages to run, comma-separated: head and/or finetune.")
+    epochs_head: int = option(10, "Head-stage epochs (backbone frozen, batch-norm statistics too).", ge=0)
+    epochs_finetune: int = option(4, "Finetune-stage epochs (from the best head checkpoint).", ge=0)
+    lr: float = option(3e-3, "Head-stage learning rate.", gt=0.0)
+    head_augment: bool = option(False, "Augment images in the head stage (finetune always augments; off measured better on cxr-nih-cohen validation).")
+    head_features: bool = option(True, "Head stage on backbone features computed once and cached, instead of running the frozen backbone every epoch.")
+    feature_views: int = option(0, "Extra augmented views per training image in the feature cache (head stage).", ge=0)
+    lr_finetune: float = option(3e-4, "Head learning rate in the finetune stage; the backbone gets it x --backbone-lr-factor.", gt=0.0)
+    backbone_lr_factor: float = option(0.1, "Backbone learning rate in finetune, as a fraction of --lr-finetune.", ge=0.0)
+    optimizer: str = option("adamw", "Optimizer.", ("adamw", "sgd"))
+    weight_decay: float = option(1e-4, "Weight decay (decoupled for AdamW), not applied to biases and norms.", ge=0.0)
+    warmup_epochs: float = option(1.0, "Linear learning-rate warm-up before the cosine decay, in epochs.", ge=0.0)
+    loss: str = option("ce", "Loss: cross-entropy (BCE for binary and multilabel) or focal loss.", ("ce", "focal"))
+    focal_gamma: float = option(2.0, "Focal-loss focusing parameter gamma (0 is cross-entropy).", ge=0.0)
+    focal_alpha: float = option(-1.0, "Focal alpha for the positive class; < 0 disables it.", le=1.0)
+    class_weights: bool = option(True, "Balance classes in the loss.")
+    unfreeze_last: int = option(0, "Finetune only the last N backbone blocks (0 = all).", ge=0)
+    finetune_bn: str = option("frozen", "Batch-norm statistics during finetune.", ("frozen", "train"))
+    operating_point: str = option("best_f1", "Threshold stored with the model and used by predict, chosen on validation.", OPERATING_POINTS)
+    target_sensitivity: float = option(0.95, "Sensitivity the 'sensitivity' operating point must reach on validation.", gt=0.0, le=1.0)
+    calibrate: bool = option(False, "Temperature scaling fitted on validation; ECE reported before and after.")
+    bootstrap: int = option(1000, "Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none).", ge=0)
+    monitor: str = option("val_auc", "Validation metric for checkpoints and early stopping.", MONITORS)
+    patience: int = option(5, "Early-stopping patience in epochs.", ge=1)
+    seed: int = option(42, "Random seed (splits, initialisation, augmentation, shuffling).", ge=0)
+    deterministic: bool = option(False, "Deterministic algorithms (slower).")
+    accelerator: str = option("auto", "Lightning accelerator.", ACCELERATORS)
+    devices: str = option("auto", "Lightning devices: auto, a count, or a list such as 0,1.")
+    precision: str = option("auto", "Numeric precision; auto uses bf16 where the hardware supports it.", PRECISIONS)
+    channels_last: bool = option(True, "channels_last memory format for convolutions (faster on most hardware).")
+    compile: bool = option(False, "torch.compile the model (opt-in).")
+    num_nodes: int = option(1, "Lightning nodes (multi-node DDP).", ge=1)
+    strategy: str = option("auto", "Lightning strategy, e.g. ddp.")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def field_type(section: type, name: str) -> type:
+    """The plain type of a field (str, int, float or bool), without its Optional."""
+    hint = typing.get_type_hints(section)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
 @dataclass
@@ -87,41 +123,96 @@ class Config:
     @classmethod
     def load(cls, path: str | Path) -> "Config":
         path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
         try:
             d = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: cannot read config: {e}") from e
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"{path}: not a readable YAML file: {reason}") from e
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: config must be a mapping")
+            raise ConfigError(f"{path}: a config file must be a mapping of options (such as `img_size: 224`)")
         try:
             return cls.from_dict(d)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+
+    def sections(self) -> dict:
+        return {"data": self.data, "model": self.model, "train": self.train}
 
     def update(self, d: dict) -> None:
         """Set fields from a nested ({data: {...}}) or flat ({img_size: ...}) mapping."""
-        sections = {"data": self.data, "model": self.model, "train": self.train}
+        sections = self.sections()
         for key, value in d.items():
             if key in sections and isinstance(value, dict):
                 self.update(value)
                 continue
-            key = key.replace("-", "_")
+            key = str(key).replace("-", "_")
             for section in sections.values():
-                names = {f.name: f for f in fields(section)}
-                if key in names:
-                    setattr(section, key, _coerce(value, names[key].default))
+                if key in {f.name for f in fields(section)}:
+                    setattr(section, key, _coerce(key, value, field_type(type(section), key)))
                     break
             else:
-                raise ValueError(f"unknown config key '{key}'")
+                known = sorted(f.name for s in sections.values() for f in fields(s))
+                raise ConfigError(f"unknown option '{key}' (known: {', '.join(known)})")
+
+    def validate(self) -> "Config":
+        """Check every enumerated and numeric option; raise ConfigError naming the option and what it allows."""
+        for section in self.sections().values():
+            for f in fields(section):
+                _check_field(f, getattr(section, f.name))
+        stages = [s.strip() for s in self.train.stages.split(",") if s.strip()]
+        if not stages or any(s not in STAGES for s in stages):
+            raise ConfigError(f"--stages must list head and/or finetune (comma-separated), got '{self.train.stages}'")
+        if self.train.accelerator in ("gpu", "cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"--accelerator {self.train.accelerator}: no CUDA GPU is visible on this machine (use cpu or auto)")
+        if self.train.accelerator == "mps":
+            import torch
+
+            if not torch.backends.mps.is_available():
+                raise ConfigError("--accelerator mps: Apple's MPS backend is not available on this machine (use cpu or auto)")
+        return self
 
 
-def _coerce(value, default):
-    if value is None or default is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            return value.lower() in ("1", "true", "yes")
-        return bool(value)
-    if isinstance(default, (int, float)) and not isinstance(value, bool):
-        return type(default)(value)
-    return value
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_field(f, value) -> None:
+    meta, name = f.metadata, flag_name(f.name)
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])}; got '{value}'")
+    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    for key, sign, ok in bounds:
+        if meta.get(key) is not None and not ok(value, meta[key]):
+            raise ConfigError(f"{name} must be {sign} {meta[key]}; got {value}")
+
+
+def _coerce(name: str, value, kind: type):
+    if value is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"option '{name}' must be true or false; got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"option '{name}' must be a number; got {value!r}")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option '{name}' must be {'an integer' if kind is int else 'a number'}; got {value!r}") from None
+        if kind is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"option '{name}' must be an integer; got {value!r}")
+        return number
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"option '{name}' must be a single value; got {value!r}")
+    return str(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from .io import XrayReadError, is_dicom, read_xray
-from .sources import SPLITS, DataError, Sample, carve_validation, load_samples
+from .labels import canonical_label
+from .sources import SPLITS, DataError, Discovered, Sample, carve_validation, discover
 
 HASH_SIDE = 16  # dHash of 16 x 16 = 256 bits
 
@@ -50,13 +52,88 @@ def _describe(path: str) -> tuple[str, tuple[int, int] | None]:
         return im.mode, im.size
 
 
-def check_dataset(data: str | Path, max_distance: int = 4) -> dict:
-    splits = load_samples(data)
-    report: dict = {"data": str(data), "splits": {}, "unreadable": [], "modes": {}, "sizes": {}}
-    hashes, md5s, items = [], [], []
+def _md5(path: str) -> str | None:
+    try:
+        return hashlib.md5(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _pairs(items: list[tuple[str, Sample]], groups) -> tuple[list[dict], list[dict]]:
+    """From groups of item indices that hold the same image: pairs across splits (leaks), and pairs in
+    one split with different labels (conflicts)."""
+    leaks, conflicts = [], []
+    for kind, idx in groups:
+        for a in idx:
+            for b in idx:
+                if a >= b:
+                    continue
+                (sa, x), (sb, y) = items[a], items[b]
+                pair = {"kind": kind, "a": x.path, "split_a": sa, "b": y.path, "split_b": sb}
+                if sa != sb:
+                    leaks.append(pair)
+                elif x.label != y.label:
+                    conflicts.append({**pair, "label_a": x.label, "label_b": y.label})
+    return leaks, conflicts
+
+
+def quick_check(found: Discovered, normal_class: str | None = None) -> dict:
+    """The checks that need no decoding, cheap enough to run before every training run.
+
+    Problems (training would fail or be wrong): fewer than two classes in train, no Normal class, labels
+    in val/test that train lacks, the same file (exact bytes) in two splits or with two labels in one.
+    Warnings: classes or splits spelt in several ways (read as one).
+    """
+    splits = {k: v for k, v in found.splits.items() if k in SPLITS}
+    problems, warnings = [], []
+    for canonical, spelt in found.label_spellings.items():
+        warnings.append(f"class '{canonical}' is spelt {' and '.join(repr(x) for x in spelt)}: read as one class, '{canonical}'")
+    for written, split in found.split_spellings.items():
+        warnings.append(f"split '{written}' read as '{split}'")
+    train_classes = sorted({s.label for s in splits.get("train", [])})
+    if "train" in splits and len(train_classes) < 2:
+        problems.append(f"train has a single class {train_classes}: need Normal and at least one infected class")
+    if normal_class is not None and train_classes and canonical_label(normal_class) not in train_classes:
+        problems.append(f"no class named '{normal_class}' (any case) in train {train_classes}: set --normal-class")
+    missing = {}
+    for name in ("val", "test"):
+        unknown = sorted({s.label for s in splits.get(name, []) if s.label} - set(train_classes))
+        if unknown and "train" in splits:
+            missing[name] = unknown
+            problems.append(f"split '{name}' has labels {unknown} that train lacks {train_classes}")
+    items = [(split, s) for split, samples in splits.items() for s in samples if s.label]
+    by_md5: dict[str, list[int]] = {}
+    for i, (_, s) in enumerate(items):
+        h = _md5(s.path)
+        if h is not None:
+            by_md5.setdefault(h, []).append(i)
+    leaks, conflicts = _pairs(items, [("exact duplicate", idx) for idx in by_md5.values() if len(idx) > 1])
+    if leaks:
+        problems.append(f"{len(leaks)} exact duplicate pairs across splits")
+    if conflicts:
+        problems.append(f"{len(conflicts)} exact duplicate pairs with different labels in one split")
+    return {
+        "label_spellings": found.label_spellings,
+        "split_spellings": found.split_spellings,
+        "train_classes": train_classes,
+        "labels_missing_from_train": missing,
+        "duplicates_across_splits": leaks,
+        "conflicting_labels": conflicts,
+        "problems": problems,
+        "warnings": warnings,
+    }
+
+
+def check_dataset(data: str | Path, max_distance: int = 4, normal_class: str | None = None) -> dict:
+    """quick_check, plus what needs every image decoded: unreadable files, modes and sizes, near
+    duplicates (across splits, or with different labels in one split), patients in several splits."""
+    found = discover(data)
+    report: dict = {"data": str(data), "splits": {}, "unreadable": [], "modes": {}, "sizes": {},
+                    **quick_check(found, normal_class)}
+    hashes, items = [], []
     modes: Counter = Counter()
     widths, heights = [], []
-    for split, samples in splits.items():
+    for split, samples in found.splits.items():
         report["splits"][split] = {"n": len(samples), "classes": dict(Counter(s.label or "(unlabelled)" for s in samples))}
         for s in samples:
             try:
@@ -68,39 +145,38 @@ def check_dataset(data: str | Path, max_distance: int = 4) -> dict:
             modes[mode] += 1
             widths.append(size[0])
             heights.append(size[1])
-            md5s.append(hashlib.md5(Path(s.path).read_bytes()).hexdigest())
-            hashes.append(dhash(arr))
-            items.append((split, s))
+            if split in SPLITS and s.label:
+                hashes.append(dhash(arr))
+                items.append((split, s))
     report["modes"] = dict(modes)
     if widths:
         report["sizes"] = {k: {"min": int(np.min(v)), "median": int(np.median(v)), "max": int(np.max(v))}
                            for k, v in (("width", widths), ("height", heights))}
-    leaks = []
-    by_md5: dict[str, list[int]] = {}
-    for i, h in enumerate(md5s):
-        by_md5.setdefault(h, []).append(i)
-    for idx in by_md5.values():
-        for a in idx:
-            for b in idx:
-                if a < b and items[a][0] != items[b][0]:
-                    leaks.append({"kind": "exact duplicate", "a": items[a][1].path, "split_a": items[a][0],
-                                  "b": items[b][1].path, "split_b": items[b][0]})
-    exact = {(x["a"], x["b"]) for x in leaks}
+    exact = {(x["a"], x["b"]) for x in report["duplicates_across_splits"] + report["conflicting_labels"]}
+    near = []
     if hashes:
         h = np.stack(hashes)
-        for i, j, d in hamming_pairs(h, h, max_distance):
-            if i < j and items[i][0] != items[j][0] and (items[i][1].path, items[j][1].path) not in exact:
-                leaks.append({"kind": f"near duplicate (dHash distance {d})", "a": items[i][1].path, "split_a": items[i][0],
-                              "b": items[j][1].path, "split_b": items[j][0]})
+        near = [(f"near duplicate (dHash distance {d})", [i, j]) for i, j, d in hamming_pairs(h, h, max_distance)
+                if i < j and (items[i][1].path, items[j][1].path) not in exact]
+    leaks, conflicts = _pairs(items, near)
+    report["duplicates_across_splits"] += leaks
+    report["conflicting_labels"] += conflicts
+    if leaks:
+        report["problems"].append(f"{len(leaks)} near duplicate pairs across splits")
+    if conflicts:
+        report["problems"].append(f"{len(conflicts)} near duplicate pairs with different labels in one split")
     patients: dict[str, set[str]] = {}
-    for split, samples in splits.items():
+    for split, samples in found.splits.items():
         for s in samples:
-            if s.patient_id:
+            if s.patient_id and split in SPLITS:
                 patients.setdefault(s.patient_id, set()).add(split)
     report["patients_in_several_splits"] = {p: sorted(v) for p, v in sorted(patients.items()) if len(v) > 1}
-    report["duplicates_across_splits"] = leaks
+    if report["patients_in_several_splits"]:
+        report["problems"].append(f"{len(report['patients_in_several_splits'])} patients in several splits")
+    if report["unreadable"]:
+        report["problems"].append(f"{len(report['unreadable'])} unreadable files")
     report["near_duplicate_max_distance"] = max_distance
-    report["leakage"] = bool(leaks or report["patients_in_several_splits"])
+    report["leakage"] = bool(report["duplicates_across_splits"] or report["patients_in_several_splits"])
     return report
 
 
@@ -112,6 +188,11 @@ def split_manifest(manifest: Path, out: Path, val: float = 0.15, test: float = 0
         rows = list(reader)
     if "path" not in fields or "label" not in fields:
         raise DataError(f"{manifest}: a manifest needs 'path' and 'label' columns (found {fields})")
+    for name, value in (("--val", val), ("--test", test)):
+        if not 0 < value < 1:
+            raise DataError(f"{name} must be a fraction between 0 and 1, got {value}")
+    if val + test >= 1:
+        raise DataError(f"--val {val} and --test {test} leave nothing to train on: their sum must be below 1")
     labelled = [i for i, r in enumerate(rows) if r["label"].strip()]
     samples = [Sample(str(i), rows[i]["label"].strip(), (rows[i].get("patient_id") or "").strip() or None) for i in labelled]
     rest, test_part = carve_validation(samples, test, seed)
@@ -119,8 +200,6 @@ def split_manifest(manifest: Path, out: Path, val: float = 0.15, test: float = 0
     split_of = {int(s.path): name for name, part in (("train", train_part), ("val", val_part), ("test", test_part)) for s in part}
     if "split" not in fields:
         fields.append("split")
-    import os
-
     for i, r in enumerate(rows):
         r["split"] = split_of.get(i, "")
         p = Path(r["path"])
@@ -133,4 +212,4 @@ def split_manifest(manifest: Path, out: Path, val: float = 0.15, test: float = 0
     return dict(Counter(split_of.values()))
 
 
-__all__ = ["check_dataset", "split_manifest", "dhash", "hamming_pairs", "SPLITS"]
+__all__ = ["check_dataset", "quick_check", "split_manifest", "dhash", "hamming_pairs", "SPLITS"]

@@ -16,23 +16,28 @@ TASKS = ("binary", "multiclass", "multilabel")
 IMPLIES = {"covid": "pneumonia"}  # multilabel: a covid image is also a pneumonia image
 
 
+def canonical_label(label: str) -> str:
+    """The one spelling of a class name: class names are matched case-insensitively everywhere."""
+    return label.strip().lower()
+
+
 @dataclass(frozen=True)
 class TaskScheme:
     task: str
-    classes: tuple[str, ...]  # every class name seen in the data, sorted
-    normal_class: str  # the exact class name that means Normal
+    classes: tuple[str, ...]  # every class name seen in the data, canonical (lower case), sorted
+    normal_class: str  # the class name that means Normal, canonical
 
     @classmethod
     def build(cls, task: str, class_names, normal_class: str = "normal") -> "TaskScheme":
         if task not in TASKS:
             raise ValueError(f"unknown task '{task}': choose one of {TASKS}")
-        names = tuple(sorted(set(class_names)))
-        matches = [c for c in names if c.lower() == normal_class.lower()]
-        if not matches:
+        names = tuple(sorted({canonical_label(c) for c in class_names}))
+        normal = canonical_label(normal_class)
+        if normal not in names:
             raise ValueError(f"no class named '{normal_class}' (any case) among {list(names)}; set --normal-class")
         if len(names) < 2:
             raise ValueError(f"need a Normal class and at least one infected class, found {list(names)}")
-        return cls(task, names, matches[0])
+        return cls(task, names, normal)
 
     @property
     def infected_classes(self) -> tuple[str, ...]:
@@ -52,12 +57,11 @@ class TaskScheme:
         return len(self.output_names)
 
     def is_infected(self, label: str) -> int:
-        self._check(label)
-        return int(label != self.normal_class)
+        return int(self._check(label) != self.normal_class)
 
     def target(self, label: str) -> torch.Tensor:
         """Training target for one label: float for binary/multilabel, long index for multiclass."""
-        self._check(label)
+        label = self._check(label)
         if self.task == "binary":
             return torch.tensor(float(label != self.normal_class))
         if self.task == "multiclass":
@@ -65,10 +69,9 @@ class TaskScheme:
         t = torch.zeros(self.num_outputs)
         if label != self.normal_class:
             t[self.output_names.index(label)] = 1.0
-            implied = {k.lower(): v for k, v in IMPLIES.items()}.get(label.lower())
-            for j, name in enumerate(self.output_names):
-                if implied is not None and name.lower() == implied:
-                    t[j] = 1.0
+            implied = IMPLIES.get(label)
+            if implied in self.output_names:
+                t[self.output_names.index(implied)] = 1.0
         return t
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -86,13 +89,20 @@ class TaskScheme:
             return 1.0 - probs[:, self.classes.index(self.normal_class)]
         return probs.max(dim=-1).values
 
-    def _check(self, label: str) -> None:
-        if label not in self.classes:
+    def class_index(self, label: str) -> int:
+        return self.classes.index(self._check(label))
+
+    def _check(self, label: str) -> str:
+        """The canonical spelling of `label`, which must be one of the classes."""
+        canonical = canonical_label(label)
+        if canonical not in self.classes:
             raise ValueError(f"label '{label}' is not one of the training classes {list(self.classes)}")
+        return canonical
 
     def to_dict(self) -> dict:
         return {"task": self.task, "classes": list(self.classes), "normal_class": self.normal_class}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TaskScheme":
-        return cls(d["task"], tuple(d["classes"]), d["normal_class"])
+        # checkpoints written before class names were canonical may hold other spellings
+        return cls(d["task"], tuple(canonical_label(c) for c in d["classes"]), canonical_label(d["normal_class"]))

@@ -8,20 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from ..data.datamodule import decode_split
-from ..data.sources import DataError, load_samples
+from ..data.sources import DataError, evaluation_samples
 from ..inference.predict import load_model, predict_logits
 from .metrics import binary_metrics, bootstrap_ci, delong_test
 
 
-def compare_runs(runs: list[Path], data: str | None, split: str, out: Path, n_boot: int = 1000, seed: int = 0) -> dict:
+def compare_runs(
+    runs: list[Path], data: str | None, split: str | None, out: Path, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """`split` None: the test split, or all of `data` where it has no splits."""
     if len(runs) < 2:
         raise ValueError("compare needs at least two runs")
     loaded = [load_model(r) for r in runs]
-    data = data or loaded[0].meta["config"]["data"]["data"]
-    splits = load_samples(data)
-    if split not in splits:
-        raise DataError(f"{data}: no '{split}' split (found: {sorted(splits)})")
-    samples = [s for s in splits[split] if s.label]
+    data = data or str(loaded[0].training_data)
+    split, samples = evaluation_samples(data, split)
     y, ps, rows = None, [], []
     for run, lm in zip(runs, loaded):
         dec = decode_split(samples, lm.img_size, False, f"reading {split}")

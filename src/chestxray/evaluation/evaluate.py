@@ -9,15 +9,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 from ..data.datamodule import decode_split
 from ..data.labels import TaskScheme
-from ..data.sources import DataError, Sample, is_synthetic, load_samples
+from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic
 from ..inference.predict import load_model, predict_logits
 from . import plots
 from .report import evaluate_logits
 
-SYNTHETIC_NOTE = "SYNTHETIC phantom data: not chest X-rays; figures say nothing about clinical performance"
-RESEARCH_NOTE = "Research tool, not a diagnostic device."
 
 
 def write_json(path: Path, obj) -> None:
@@ -59,17 +58,15 @@ def write_evaluation(
 
 
 def evaluate_run(
-    run: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None, skip_bad: bool = False,
+    run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None, skip_bad: bool = False,
     n_boot: int = 1000, seed: int = 0,
 ) -> tuple[dict, Path]:
-    """Evaluate a trained run on `split` of `data` (the training data or another dataset)."""
+    """Evaluate a trained run on `split` of `data` (the training data or another dataset).
+
+    `split` None: the test split, or all of `data` where it has no train/val/test splits (split 'all').
+    """
     loaded = load_model(run)
-    splits = load_samples(data)
-    if split not in splits:
-        raise DataError(f"{data}: no '{split}' split (found: {sorted(splits)})")
-    samples = [s for s in splits[split] if s.label is not None]
-    if not samples:
-        raise DataError(f"{data}: split '{split}' has no labelled images to evaluate (use `chestxray predict`)")
+    split, samples = evaluation_samples(data, split)
     unknown = sorted({s.label for s in samples} - set(loaded.scheme.classes))
     if unknown:
         raise DataError(f"{data}: labels {unknown} in split '{split}' are not among the model's classes {list(loaded.scheme.classes)}")
@@ -77,7 +74,7 @@ def evaluate_run(
     logits = predict_logits(loaded.model, decoded.images, loaded.img_size, loaded.mean, loaded.std)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
     # the same files in another form (folder vs its manifest) still count as the training data
-    trained_on = Path(loaded.meta.get("data_resolved") or loaded.meta["config"]["data"]["data"]).resolve()
+    trained_on = loaded.training_data
     here = Path(data).resolve()
     roots = {p if p.is_dir() else p.parent for p in (trained_on, here)}
     external = len(roots) != 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .evaluate import RESEARCH_NOTE, SYNTHETIC_NOTE
+from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 
 KEYS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1")
 
@@ -42,6 +42,8 @@ def _v(x) -> str:
 
 def _cell(m: dict, k: str) -> str:
     """A table cell: the value, and its 95% interval below it when there is one."""
+    if k in ("roc_auc", "pr_auc") and m.get("auc_note"):
+        return f"<td>{html.escape(m['auc_note'])}</td>"
     c = (m.get("ci95") or {}).get(k)
     extra = f'<br><span class="ci">[{_v(c[0])}, {_v(c[1])}]</span>' if c and c[0] is not None else ""
     return f"<td>{_v(m.get(k))}{extra}</td>"
@@ -145,10 +147,11 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
         "A research tool, not a diagnostic device: nothing here is evidence of clinical performance.",
         f"The evaluated split has {b0['n']} images; read every figure with its interval.",
         "Datasets that draw classes from different sources let a model learn the source instead of the disease: compare the per-source rows and validate externally.",
-        "Labels mined from reports (as in NIH ChestX-ray) are noisy.",
     ]
     if synthetic:
         caveats.insert(0, SYNTHETIC_NOTE)
+    else:
+        caveats.append("Labels mined from reports (as in NIH ChestX-ray) are noisy.")
     parts += [f"<li>{html.escape(c)}</li>" for c in caveats] + ["</ul>"]
     if config:
         parts.append(f"<h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")

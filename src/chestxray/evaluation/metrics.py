@@ -105,18 +105,41 @@ def multilabel_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thre
     }
 
 
+MIN_PER_CLASS = 10  # fewer images of a class than this: a per-source AUC is not reported
+
+
+def too_few_note(n_infected: int, n_normal: int, minimum: int = MIN_PER_CLASS) -> str | None:
+    """Why an AUC is not reported for a group this small, or None where it is."""
+    few = [f"{n} {name}" for n, name in ((n_normal, "normal"), (n_infected, "infected")) if n < minimum]
+    if not few:
+        return None
+    kinds = " and ".join(f.split(" ", 1)[1] for f in few)
+    return f"n/a (too few {kinds} images: {', '.join(few)}; at least {minimum} of each needed)"
+
+
 def per_source(
     y: np.ndarray, p: np.ndarray, sources: list[str | None], threshold: float,
     groups: list | None = None, n_boot: int = 0, seed: int = 0,
 ) -> dict:
-    """Binary metrics per source, each with its own bootstrap interval when n_boot > 0."""
+    """Binary metrics per source, each with its own bootstrap interval when n_boot > 0.
+
+    A source with fewer than MIN_PER_CLASS images of either class gets no ROC-AUC or PR-AUC
+    (None, with `auc_note` saying why): a figure from one or two images of a class is noise.
+    """
     out = {}
     for src in sorted({s for s in sources if s}):
         m = np.array([s == src for s in sources])
-        out[src] = binary_metrics(y[m], p[m], threshold)
+        row = binary_metrics(y[m], p[m], threshold)
         if n_boot:
             g = [groups[i] for i in np.nonzero(m)[0]] if groups is not None else None
-            out[src]["ci95"] = bootstrap_ci(y[m], p[m], {"t": threshold}, g, n_boot, seed)["t"]
+            row["ci95"] = bootstrap_ci(y[m], p[m], {"t": threshold}, g, n_boot, seed)["t"]
+        note = too_few_note(row["n_infected"], row["n_normal"])
+        if note:
+            row.update(roc_auc=None, pr_auc=None, auc_note=note)
+            for k in ("roc_auc", "pr_auc"):
+                if "ci95" in row:
+                    row["ci95"][k] = [None, None]
+        out[src] = row
     return out
 
 
@@ -268,7 +291,9 @@ def fit_temperature(logits, targets, task: str) -> float:
     import torch
     import torch.nn.functional as F
 
-    logits = logits.detach().float()
+    # a copy outside inference mode: logits computed under torch.inference_mode cannot enter autograd
+    logits = logits.detach().float().clone()
+    targets = targets.detach().clone()
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
 
@@ -283,7 +308,7 @@ def fit_temperature(logits, targets, task: str) -> float:
         return loss
 
     opt.step(nll)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:

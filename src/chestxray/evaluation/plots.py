@@ -76,13 +76,18 @@ def reliability(calibration: dict, path: Path, note: str | None = None) -> None:
     plt.close(fig)
 
 
+def count_colour(count: int, largest: int) -> str:
+    """Text colour readable on its cell: white on the darker half of the Blues map, black on the lighter."""
+    return "white" if largest > 0 and count > largest / 2 else "black"
+
+
 def confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.2 * len(labels) + 2))
-    ax.imshow(cm, cmap="Blues")
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()))
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=count_colour(cm[i, j], cm.max()))
     ax.set_xticks(range(len(labels)), labels, rotation=30)
     ax.set_yticks(range(len(labels)), labels)
     ax.set(xlabel="predicted", ylabel="true", title=title)

@@ -58,7 +58,7 @@ def evaluate_logits(
     }
     probs = scheme.probabilities(logits).numpy()
     if scheme.task == "multiclass":
-        y_idx = np.array([scheme.classes.index(lab) for lab in labels])
+        y_idx = np.array([scheme.class_index(lab) for lab in labels])
         out["multiclass"] = multiclass_metrics(y_idx, probs, list(scheme.classes))
     elif scheme.task == "multilabel":
         y_ml = torch.stack([scheme.target(lab) for lab in labels]).numpy()
@@ -90,4 +90,5 @@ def summary_table(rows: dict[str, dict]) -> str:
     lines = [head]
     for name, m in rows.items():
         lines.append(f"{name[:28]:28s}" + "".join(f"{_fmt(m.get(k)):>12s}" for k in SUMMARY_KEYS))
+    lines += [f"{name.strip()}: ROC-AUC and PR-AUC {m['auc_note']}" for name, m in rows.items() if m.get("auc_note")]
     return "\n".join(lines)

@@ -91,6 +91,11 @@ def explain_paths(loaded: LoadedModel, paths: list[str], out: Path, skip_bad: bo
     return df
 
 
+def cam_caption(name: str, label: str, p_infected: float, threshold: float) -> str:
+    predicted = "infected" if p_infected >= threshold else "normal"
+    return f"{name[:28]}\ntrue {label}, predicted {predicted}\nP(inf) {p_infected:.2f} vs threshold {threshold:.2f}"
+
+
 def cam_examples(
     loaded: LoadedModel, images, samples: list[Sample], logits: torch.Tensor, n: int = 4
 ) -> list[tuple[bytes, str]]:
@@ -113,6 +118,6 @@ def cam_examples(
             continue
         cams, _, gray = gradcam(loaded, [images[i] for i in idx])
         overlays = [overlay(g, c) for g, c in zip(gray, cams)]
-        captions = [f"{Path(samples[i].path).name[:28]}\ntrue {samples[i].label}, P(inf) {p[i]:.2f}" for i in idx]
+        captions = [cam_caption(Path(samples[i].path).name, samples[i].label, float(p[i]), loaded.threshold) for i in idx]
         out.append((cam_grid_png(overlays, captions, f"{title} predictions"), f"Grad-CAM, {title} predictions"))
     return out

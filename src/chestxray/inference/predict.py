@@ -11,16 +11,19 @@ import timm
 import torch
 from torch import nn
 
+from .. import RESEARCH_NOTE
 from ..data.datamodule import DecodedDataset, DecodedSplit, decode_split, make_loader
 from ..data.io import IMAGE_SUFFIXES
 from ..data.labels import TaskScheme
 from ..data.sources import Sample
 from ..data.transforms import eval_transform, to_model_input
+from ..errors import ChestXrayError
+from ..files import torch_load
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ChestXrayError):
     pass
 
 
@@ -34,6 +37,12 @@ class LoadedModel:
     threshold: float
     meta: dict
     temperature: float = 1.0
+    checkpoint: Path | None = None  # the file it was loaded from
+
+    @property
+    def training_data(self) -> Path:
+        """The training data's absolute path (resolved when the run was trained, not against today's directory)."""
+        return Path(self.meta.get("data_resolved") or self.meta["config"]["data"]["data"]).resolve()
 
 
 def checkpoint_path(run_or_ckpt: str | Path) -> Path:
@@ -52,10 +61,7 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
 
 def load_model(run_or_ckpt: str | Path) -> LoadedModel:
     path = checkpoint_path(run_or_ckpt)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot load checkpoint: {e}") from e
+    ckpt = torch_load(path, "chestxray checkpoint", CheckpointError)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: not a chestxray checkpoint (expected checkpoints/best.ckpt written by `chestxray train`)"
@@ -69,11 +75,11 @@ def load_model(run_or_ckpt: str | Path) -> LoadedModel:
     model.eval()
     return LoadedModel(
         model, scheme, int(ckpt["img_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), float(ckpt["threshold"]), ckpt,
-        float(ckpt.get("temperature", 1.0)),
+        float(ckpt.get("temperature", 1.0)), path.resolve(),
     )
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the logits feed temperature fitting, which needs autograd
 def predict_logits(model: nn.Module, images: np.ndarray, img_size: int, mean, std, batch_size: int = 64) -> torch.Tensor:
     """Logits for decoded (N, S, S) uint8 images, in eval mode."""
     was_training = model.training
@@ -133,3 +139,46 @@ def predict_samples(loaded: LoadedModel, samples: list[Sample], skip_bad: bool =
     split = decode_split(samples, loaded.img_size, skip_bad, desc="reading")
     logits = predict_logits(loaded.model, split.images, loaded.img_size, loaded.mean, loaded.std, batch_size)
     return predictions_table(loaded, split, logits), split.errors
+
+
+def check_predictions_out(out: str, run: str, overwrite: bool = False) -> None:
+    """Before any work: `out` must be '-' (stdout), a new file, or this run's own earlier predictions.
+
+    A predictions file records the checkpoint that wrote it (column or key `run`); another run's file,
+    or a file that is not a predictions file, is replaced only with `overwrite`.
+    """
+    if out == "-":
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ChestXrayError(f"{path}: is a folder; --out takes a file name, such as {path / 'predictions.csv'}")
+    if not path.exists() or overwrite:
+        return
+    try:
+        if path.suffix.lower() == ".json":
+            import json
+
+            owner = json.loads(path.read_text()).get("run")
+        else:
+            owner = pd.read_csv(path, nrows=1).get("run", pd.Series([None])).iloc[0]
+    except Exception:  # unreadable as a predictions file: someone else's file
+        owner = None
+    if owner != run:
+        whose = f"predictions of another run ({owner})" if isinstance(owner, str) else "something other than predictions"
+        raise ChestXrayError(f"{path}: exists and holds {whose}; give another --out, or --overwrite to replace it")
+
+
+def write_predictions(df: pd.DataFrame, out: str, fmt: str, run: str) -> str:
+    """Write the table as CSV or JSON to `out` ('-': return the text for stdout instead); return what was written."""
+    df = df.assign(run=run)
+    if fmt == "json":
+        import json
+
+        text = json.dumps({"run": run, "note": RESEARCH_NOTE,
+                           "predictions": df.drop(columns="run").to_dict(orient="records")}, indent=2)
+    else:
+        text = df.to_csv(index=False)
+    if out != "-":
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    return text

@@ -14,12 +14,15 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import ChestXrayError
+from ..files import torch_load
 
-class WeightsNotFoundError(RuntimeError):
+
+class WeightsNotFoundError(ChestXrayError):
     pass
 
 
-class WeightsMismatchError(RuntimeError):
+class WeightsMismatchError(ChestXrayError):
     pass
 
 
@@ -189,11 +192,8 @@ def resolve_weights(name: str, weights: str | Path | None, pretrained: bool) -> 
     if weights is not None:
         path = Path(weights)
         if not path.exists():
-            raise WeightsNotFoundError(f"{path}: weights file not found")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightsMismatchError(f"{path}: cannot load as a PyTorch checkpoint: {e}") from e
+            raise WeightsNotFoundError(f"{path}: weights file not found (--weights)")
+        obj = torch_load(path, "weights file (--weights)", WeightsMismatchError)
         return _backbone_state(spec, _unwrap_state_dict(obj, path), path), f"file: {path}"
     if not pretrained:
         return None, "random initialisation (--no-pretrained)"

@@ -8,6 +8,7 @@ part ends at forward_features and the head runs timm's forward_head.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -15,10 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.datamodule import DecodedDataset, make_loader
 from ..data.transforms import eval_transform, to_model_input, train_transform
 from .backbones import head_prefixes, is_head_param
+
+log = logging.getLogger("chestxray")
 
 
 def head_split(model: nn.Module) -> tuple[Callable, Callable]:
@@ -58,22 +62,31 @@ def extract_features(
     precision: str = "32-true",
     channels_last: bool = True,
 ) -> torch.Tensor:
-    """Features of the frozen part, shape (1 + views, N, ...): the plain view, then `views` augmented ones."""
+    """Features of the frozen part, shape (1 + views, N, ...): the plain view, then `views` augmented ones.
+
+    The augmented views draw from their own seeded random state; the caller's random state is left as
+    it was, so training after a cache miss and after a cache hit proceeds identically.
+    """
     frozen, _ = head_split(model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for v in range(1 + views):
-        tf = eval_transform(img_size) if v == 0 else train_transform(img_size)
-        torch.manual_seed(seed + v)
-        ds = DecodedDataset(images, None, tf)
-        parts = []
-        for x, _, _ in make_loader(ds, batch_size, train=False):
-            x = to_model_input(x.to(device), mean, std, channels_last)
-            with autocast_for(precision, device):
-                parts.append(frozen(x).float().cpu())
-        out.append(torch.cat(parts) if parts else torch.zeros(0))
+    n_batches = (len(images) + batch_size - 1) // batch_size
+    with torch.random.fork_rng(devices=[]), tqdm(total=n_batches * (1 + views), desc="backbone features", unit="batch",
+                                                   leave=False, disable=None) as bar:
+        log.info("extracting backbone features of %d images (%d view%s)", len(images), 1 + views, "s" if views else "")
+        for v in range(1 + views):
+            tf = eval_transform(img_size) if v == 0 else train_transform(img_size)
+            torch.manual_seed(seed + v)
+            ds = DecodedDataset(images, None, tf)
+            parts = []
+            for x, _, _ in make_loader(ds, batch_size, train=False):
+                x = to_model_input(x.to(device), mean, std, channels_last)
+                with autocast_for(precision, device):
+                    parts.append(frozen(x).float().cpu())
+                bar.update()
+            out.append(torch.cat(parts) if parts else torch.zeros(0))
     model.train(was_training)
     return torch.stack(out)
 

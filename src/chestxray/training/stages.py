@@ -16,11 +16,13 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from ..config import Config
+from ..config import STAGES, Config
 from ..data.datamodule import StageData, decode_split, make_dataset
 from ..data.labels import TaskScheme
-from ..data.sources import DataError, carve_validation, class_counts, is_synthetic, load_samples, write_split_csv
-from ..evaluation.evaluate import SYNTHETIC_NOTE, write_evaluation, write_json
+from ..data.check import quick_check
+from ..data.sources import DataError, carve_validation, class_counts, discover, is_synthetic, write_split_csv
+from .. import SYNTHETIC_NOTE
+from ..evaluation.evaluate import write_evaluation, write_json
 from ..evaluation.metrics import binary_metrics, fit_temperature, operating_points
 from ..evaluation.report import ci_line, summary_table
 from ..evaluation.html import write_report
@@ -31,25 +33,19 @@ from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
 from .losses import balanced_class_weights
 from .module import ClassifierModule
+from .progress import progress_callbacks
 
-STAGES = ("head", "finetune")
 log = logging.getLogger("chestxray")
 
 
 def choose_point(points: dict[str, float], rule: str) -> str:
     """The operating point `rule` names (best_f1 | youden | sensitivity) among the validation thresholds."""
-    names = [n for n in points if n == rule or (rule == "sensitivity" and n.startswith("sensitivity_"))]
-    if not names:
-        raise ValueError(f"--operating-point must be best_f1, youden or sensitivity, got '{rule}'")
-    return names[0]
+    return next(n for n in points if n == rule or (rule == "sensitivity" and n.startswith("sensitivity_")))
 
 
 def parse_stages(stages: str) -> list[str]:
-    out = [s.strip() for s in stages.split(",") if s.strip()]
-    bad = [s for s in out if s not in STAGES]
-    if not out or bad:
-        raise ValueError(f"--stages must list head and/or finetune, got '{stages}'")
-    return sorted(out, key=STAGES.index)
+    """The stages in running order (Config.validate has checked the names)."""
+    return sorted({s.strip() for s in stages.split(",") if s.strip()}, key=STAGES.index)
 
 
 def launched_as_global_zero() -> bool:
@@ -66,22 +62,41 @@ def launched_as_global_zero() -> bool:
     return int(env.get("SLURM_PROCID", 0)) == 0  # srun
 
 
-def prepare_splits(cfg: Config, out: Path, write: bool = True):
-    splits = load_samples(cfg.data.data)
+def prepare_splits(cfg: Config):
+    """The labelled splits to train on (validation carved from train where there is none), and the scheme.
+
+    Unless `cfg.data.check` is off, the cheap dataset checks run first and a problem stops the run
+    before anything is decoded.
+    """
+    found = discover(cfg.data.data)
+    if cfg.data.check:
+        report = quick_check(found, cfg.data.normal_class)
+        for warning in report["warnings"]:
+            log.warning("%s: %s", cfg.data.data, warning)
+        if report["problems"]:
+            details = [f"{d['kind']}: {d['a']} ({d['split_a']}) = {d['b']} ({d['split_b']})"
+                       for d in report["duplicates_across_splits"] + report["conflicting_labels"]][:5]
+            raise DataError(
+                f"{cfg.data.data}: " + "; ".join(report["problems"])
+                + "".join(f"\n  {d}" for d in details)
+                + f"\n(`chestxray data check {cfg.data.data}` lists everything; --no-check trains anyway)"
+            )
+    splits = found.splits
     if "train" not in splits:
         raise DataError(f"{cfg.data.data}: no training split (a train/ folder, or labelled manifest rows)")
     if "val" not in splits:
         splits["train"], splits["val"] = carve_validation(splits["train"], cfg.data.val_fraction, cfg.train.seed)
-        log.info("no validation split given: carved %d images from train", len(splits["val"]))
+        log.warning(
+            "%s has no validation split: carved %d of %d training images (--val-fraction %g, stratified%s) as validation",
+            cfg.data.data, len(splits["val"]), len(splits["train"]) + len(splits["val"]), cfg.data.val_fraction,
+            ", patient-level" if any(s.patient_id for s in splits["val"]) else "",
+        )
     scheme = TaskScheme.build(cfg.data.task, {s.label for s in splits["train"]}, cfg.data.normal_class)
     for name in ("val", "test"):
         unknown = sorted({s.label for s in splits.get(name, []) if s.label} - set(scheme.classes))
         if unknown:
             raise DataError(f"{cfg.data.data}: split '{name}' has labels {unknown} that train lacks {list(scheme.classes)}")
-    labelled = {k: [s for s in v if s.label] for k, v in splits.items() if k in ("train", "val", "test")}
-    if write:
-        write_split_csv(out / "split.csv", labelled)
-    return labelled, scheme
+    return {k: [s for s in v if s.label] for k, v in splits.items() if k in ("train", "val", "test")}, scheme
 
 
 def read_history(log_dir: Path, stage: str, offset: int) -> pd.DataFrame:
@@ -141,18 +156,20 @@ def head_features(cfg: Config, model, decoded: dict, mean, std, precision: str) 
 def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     """Train the configured stages into run directory `out`; evaluate the chosen model; return the summary."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg.validate()  # every option, before any data is read or any directory made
+    if not cfg.data.data:
+        raise DataError("no data: give --data or set data in --config")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device banners and tips
     warnings.filterwarnings("ignore", ".*treespec.*")
     stages = parse_stages(cfg.train.stages)
-    if cfg.train.monitor not in ("val_auc", "val_f1", "val_loss"):
-        raise ValueError(f"--monitor must be val_auc, val_f1 or val_loss, got '{cfg.train.monitor}'")
     get_spec(cfg.model.model)  # fail on an unknown model before decoding anything
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     synthetic = is_synthetic(cfg.data.data)
     zero = launched_as_global_zero()  # only one process writes the run directory
-    splits, scheme = prepare_splits(cfg, out, write=zero)
+    splits, scheme = prepare_splits(cfg)
     if zero:
+        out.mkdir(parents=True, exist_ok=True)
+        write_split_csv(out / "split.csv", splits)
         cfg.save(out / "config.yaml")
     if synthetic and zero:
         (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE + "\n")
@@ -196,6 +213,8 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         epochs = cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune
         if epochs <= 0:
             continue
+        # each stage starts from the same random state, whatever ran before it (a cold or warm feature cache)
+        L.seed_everything(cfg.train.seed + STAGES.index(stage), workers=True, verbose=False)
         on_features = stage == "head" and cfg.train.head_features and (not cfg.train.head_augment or cfg.train.feature_views > 0)
         if on_features:
             feats = head_features(cfg, model, decoded, mean, std, precision)
@@ -212,6 +231,7 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
             shutil.rmtree(out / "logs" / stage, ignore_errors=True)
         mode = "min" if cfg.train.monitor == "val_loss" else "max"
         ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=True)
+        shown, bar = progress_callbacks(stage, len(data.train_ds), progress and zero)
         trainer = L.Trainer(
             max_epochs=epochs,
             accelerator=cfg.train.accelerator,
@@ -220,9 +240,9 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
             num_nodes=cfg.train.num_nodes,
             strategy=cfg.train.strategy,
             deterministic=cfg.train.deterministic,
-            callbacks=[ckpt_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode)],
+            callbacks=[ckpt_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode), *shown],
             logger=CSVLogger(out / "logs", name=stage, version=0),
-            enable_progress_bar=progress,
+            enable_progress_bar=bar,
             enable_model_summary=False,
             log_every_n_steps=1,
             num_sanity_val_steps=0,
