@@ -115,10 +115,15 @@ def test_corrupt_image_stops_or_is_skipped(tiny_data, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     res = invoke("train", "--data", data, "--out", tmp_path / "r1", *FAST)
     assert res.exit_code == 2 and "broken.png" in res.output
+    from tests.test_new_user import png_header_only
+
+    bomb = data / "train" / "normal" / "bomb.png"  # a 45-byte PNG claiming 20000 x 20000 pixels
+    bomb.write_bytes(png_header_only(20000, 20000))
     res = invoke("train", "--data", data, "--out", tmp_path / "r2", "--skip-bad", "--stages", "head", *FAST)
     assert res.exit_code == 0, res.output
     skipped = pd.read_csv(tmp_path / "r2" / "skipped.csv")
-    assert list(skipped["path"]) == [str(bad)]
+    assert sorted(skipped["path"]) == sorted([str(bad), str(bomb)])
+    assert "larger than the 64,000,000-pixel limit" in skipped.set_index("path").loc[str(bomb), "reason"]
 
 
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])
@@ -144,6 +149,7 @@ def test_config_file_and_flag_override_and_carved_validation(tiny_data, tmp_path
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"]["img_size"] == 64 and saved["data"]["batch_size"] == 8 and saved["train"]["lr"] == 0.01
+    assert "has no validation split: carved" in res.output
     split = pd.read_csv(out / "split.csv")
     assert set(split["split"]) == {"train", "val"}
     assert set(split[split.split == "val"]["label"]) == {"covid", "normal", "pneumonia"}
