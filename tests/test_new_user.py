@@ -351,7 +351,7 @@ def test_9_predict_out_is_a_folder_checked_before_any_work(relative_runs, tiny_d
     _, runs = relative_runs
     res = invoke("predict", runs[0], tiny_data / "test", "--out", tmp_path)
     assert res.exit_code == 2 and "is a folder; --out takes a file name" in res.output
-    assert "images:" not in res.output
+    assert "predicted infected" not in res.output
 
 
 # --- 10. data check finds what training trips on; train checks first ----------------------------------

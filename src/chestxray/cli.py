@@ -220,7 +220,7 @@ def predict(
     if len(df) > SCREENFUL:
         lines.append(f"... and {len(df) - SCREENFUL} more" + ("" if to_stdout else f" (all in {out})"))
     n_inf = int((df["predicted"] == "infected").sum())
-    lines.append(f"{len(df)} images: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {loaded.threshold:.3f}, "
+    lines.append(f"{len(df)} image{'s' if len(df) != 1 else ''}: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {loaded.threshold:.3f}, "
                  f"{loaded.meta.get('threshold_rule', 'chosen on validation')}). Research tool, not a diagnostic device.")
     if not to_stdout:
         lines.append(f"written: {out}")
