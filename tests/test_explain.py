@@ -7,11 +7,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from chestxray.cli import app
-from chestxray.data.datamodule import decode_split
 from chestxray.data.sources import Sample
 from chestxray.data.synthetic import phantom
 from chestxray.inference.explain import cam_target_layer, gradcam
-from chestxray.inference.predict import load_model
+from chestxray.inference.predictor import Predictor
 from chestxray.models.backbones import create_model
 
 
@@ -51,7 +50,7 @@ def test_explain_cli(phantom_run, tmp_path):
 
 
 def test_heat_concentrates_on_the_lesions(phantom_run, tmp_path):
-    loaded = load_model(phantom_run)
+    loaded = Predictor.load(phantom_run)
     rng = np.random.default_rng(123)
     paths, masks = [], []
     for i in range(30):
@@ -60,7 +59,7 @@ def test_heat_concentrates_on_the_lesions(phantom_run, tmp_path):
         Image.fromarray(img).save(p)
         paths.append(str(p))
         masks.append(mask)
-    split = decode_split([Sample(p, None) for p in paths], loaded.img_size, False, "x")
+    split = loaded.decode([Sample(p, None) for p in paths])
     cams, _, _ = gradcam(loaded, split.images)
     hits = 0
     for cam, mask in zip(cams, masks):

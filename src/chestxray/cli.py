@@ -18,6 +18,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 
 from .config import SECTIONS, Config, field_type, flag_name
+from .errors import ChestXrayError
 
 app = typer.Typer(
     help="Infected-vs-Normal chest X-ray classification by two-stage transfer learning. "
@@ -74,7 +75,6 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError)
 
 
 def config_options(command):
@@ -126,7 +126,7 @@ def train(
         cfg = Config.load(config) if config else Config()
         cfg.update(overrides)
         metrics = train_run(cfg, out, progress=not quiet)
-    except USER_ERRORS as e:
+    except ChestXrayError as e:
         _fail(e)
     if not metrics:  # another DDP process: rank zero reports
         return
@@ -149,11 +149,11 @@ def evaluate(
 ):
     """Metrics with 95% intervals at 0.5 and at each validation operating point, calibration, per source, plots."""
     from .evaluation.evaluate import evaluate_run
-    from .evaluation.report import ci_line, summary_table
+    from .evaluation.summary import ci_line, summary_table
 
     try:
         metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed)
-    except USER_ERRORS as e:
+    except ChestXrayError as e:
         _fail(e)
     split = metrics["split"]
     if split == "all":
@@ -187,14 +187,15 @@ def predict(
 ):
     """Predict P(infected), the label at the run's validation threshold, and per-class probabilities."""
     from .data.sources import Sample, read_manifest
-    from .inference.predict import check_predictions_out, checkpoint_path, expand_paths, load_model, predict_samples, write_predictions
+    from .inference.predict import check_predictions_out, expand_paths, write_predictions
+    from .inference.predictor import Predictor, checkpoint_path
 
     try:
         if format not in ("csv", "json"):
-            raise ValueError(f"--format must be csv or json, got '{format}'")
+            raise ChestXrayError(f"--format must be csv or json, got '{format}'")
         out = out or f"predictions.{format}"
         if bool(paths) == bool(csv):
-            raise ValueError("give image PATHS or --csv MANIFEST (one of them)")
+            raise ChestXrayError("give image PATHS or --csv MANIFEST (one of them)")
         check_predictions_out(out, str(checkpoint_path(run).resolve()), overwrite)
         if csv:
             splits = read_manifest(csv).splits
@@ -202,11 +203,11 @@ def predict(
         else:
             samples = [Sample(p, None) for p in expand_paths(paths)]
         if not samples:
-            raise ValueError("nothing to predict")
-        loaded = load_model(run)
-        df, errors = predict_samples(loaded, samples, skip_bad)
-        text = write_predictions(df, out, format, str(loaded.checkpoint))
-    except USER_ERRORS as e:
+            raise ChestXrayError("nothing to predict")
+        predictor = Predictor.load(run)
+        df, errors = predictor.predict(samples, skip_bad)
+        text = write_predictions(df, out, format, str(predictor.checkpoint))
+    except ChestXrayError as e:
         _fail(e)
     to_stdout = out == "-"
     if to_stdout:
@@ -220,8 +221,8 @@ def predict(
     if len(df) > SCREENFUL:
         lines.append(f"... and {len(df) - SCREENFUL} more" + ("" if to_stdout else f" (all in {out})"))
     n_inf = int((df["predicted"] == "infected").sum())
-    lines.append(f"{len(df)} image{'s' if len(df) != 1 else ''}: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {loaded.threshold:.3f}, "
-                 f"{loaded.meta.get('threshold_rule', 'chosen on validation')}). Research tool, not a diagnostic device.")
+    lines.append(f"{len(df)} image{'s' if len(df) != 1 else ''}: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {predictor.threshold:.3f}, "
+                 f"{predictor.threshold_rule or 'chosen on validation'}). Research tool, not a diagnostic device.")
     if not to_stdout:
         lines.append(f"written: {out}")
     typer.echo("\n".join(lines), err=to_stdout)
@@ -240,11 +241,12 @@ def explain(
 ):
     """Grad-CAM overlays for the predicted class (eval mode, batched), one PNG per image."""
     from .inference.explain import explain_paths
-    from .inference.predict import expand_paths, load_model
+    from .inference.predict import expand_paths
+    from .inference.predictor import Predictor
 
     try:
-        df = explain_paths(load_model(run), expand_paths(paths), out, skip_bad)
-    except USER_ERRORS as e:
+        df = explain_paths(Predictor.load(run), expand_paths(paths), out, skip_bad)
+    except ChestXrayError as e:
         _fail(e)
     typer.echo(f"{len(df)} Grad-CAM overlays -> {out} (explanations.csv lists them)")
 
@@ -262,7 +264,7 @@ def compare(
 
     try:
         r = compare_runs(runs, data, split, out, bootstrap)
-    except USER_ERRORS as e:
+    except ChestXrayError as e:
         _fail(e)
     typer.echo(f"{r['data']} split {r['split']}: {r['n']} images, {r['n_infected']} infected")
     typer.echo(f"{'run':32s} {'model':18s} {'loss':6s} {'ROC-AUC [95% CI]':>24s} {'acc':>7s} {'sens':>7s} {'spec':>7s} {'F1':>7s}")
@@ -300,7 +302,7 @@ def demo(
     """The whole job offline: synthetic phantoms (or --data), both stages, evaluation, predictions."""
     from .data.sources import load_samples
     from .data.synthetic import make_dataset
-    from .inference.predict import load_model, predict_samples
+    from .inference.predictor import Predictor
     from .training.stages import train_run
 
     if data is None:
@@ -320,10 +322,10 @@ def demo(
         splits = load_samples(data)
         name = "unlabelled" if splits.get("unlabelled") else "test"
         if splits.get(name):
-            df, _ = predict_samples(load_model(run), splits[name])
+            df, _ = Predictor.load(run).predict(splits[name])
             df.to_csv(run / "predictions.csv", index=False)
             typer.echo(f"\npredicted the {len(df)} {name} images -> {run / 'predictions.csv'}")
-    except USER_ERRORS as e:
+    except ChestXrayError as e:
         _fail(e)
     typer.echo(f"run directory: {run}  (report: {run / 'report.html'}; metrics.json, plots/, history.csv, checkpoints/best.ckpt)")
 
@@ -347,7 +349,7 @@ def data_check(
 
     try:
         r = check_dataset(data, max_distance, normal_class)
-    except USER_ERRORS as e:
+    except ChestXrayError as e:
         _fail(e)
     for split, info in r["splits"].items():
         typer.echo(f"{split:11s} {info['n']:6d} images  " + ", ".join(f"{k}: {v}" for k, v in sorted(info["classes"].items())))
@@ -386,13 +388,30 @@ def data_split(
     out = out or manifest.with_name(f"{manifest.stem}-split.csv")
     try:
         counts = split_manifest(manifest, out, val, test, seed)
-    except USER_ERRORS as e:
+    except ChestXrayError as e:
         _fail(e)
     typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" images -> {out}")
 
 
-def main() -> None:  # pragma: no cover
-    app()
+BUG_REPORT = ("chestxray stopped on an error that is not about your input: a bug, or the machine. "
+              "Please report it with the command line and the traceback above.")
+
+
+def main() -> None:
+    """The console script: the project's own errors exit 2 with one line (in each command); anything
+    else is a bug, shown with its traceback, exit 1."""
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001 - the last line of defence
+        import traceback
+
+        traceback.print_exc()
+        import torch
+
+        if isinstance(e, torch.OutOfMemoryError):
+            typer.secho("out of memory: try a smaller --batch-size or --img-size", fg=typer.colors.RED, err=True)
+        typer.secho(BUG_REPORT, fg=typer.colors.RED, err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -164,6 +164,10 @@ class Config:
         stages = [s.strip() for s in self.train.stages.split(",") if s.strip()]
         if not stages or any(s not in STAGES for s in stages):
             raise ConfigError(f"--stages must list head and/or finetune (comma-separated), got '{self.train.stages}'")
+        epochs = {"head": self.train.epochs_head, "finetune": self.train.epochs_finetune}
+        if not any(epochs[s] > 0 for s in stages):
+            raise ConfigError(f"no stage would run: --stages {self.train.stages} with --epochs-head {epochs['head']} "
+                              f"and --epochs-finetune {epochs['finetune']}; give a listed stage at least one epoch")
         if self.train.accelerator in ("gpu", "cuda"):
             import torch
 

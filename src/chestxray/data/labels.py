@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ChestXrayError
+
 TASKS = ("binary", "multiclass", "multilabel")
 IMPLIES = {"covid": "pneumonia"}  # multilabel: a covid image is also a pneumonia image
 
@@ -30,13 +32,13 @@ class TaskScheme:
     @classmethod
     def build(cls, task: str, class_names, normal_class: str = "normal") -> "TaskScheme":
         if task not in TASKS:
-            raise ValueError(f"unknown task '{task}': choose one of {TASKS}")
+            raise ChestXrayError(f"unknown task '{task}': choose one of {TASKS}")
         names = tuple(sorted({canonical_label(c) for c in class_names}))
         normal = canonical_label(normal_class)
         if normal not in names:
-            raise ValueError(f"no class named '{normal_class}' (any case) among {list(names)}; set --normal-class")
+            raise ChestXrayError(f"no class named '{normal_class}' (any case) among {list(names)}; set --normal-class")
         if len(names) < 2:
-            raise ValueError(f"need a Normal class and at least one infected class, found {list(names)}")
+            raise ChestXrayError(f"need a Normal class and at least one infected class, found {list(names)}")
         return cls(task, names, normal)
 
     @property
@@ -96,7 +98,7 @@ class TaskScheme:
         """The canonical spelling of `label`, which must be one of the classes."""
         canonical = canonical_label(label)
         if canonical not in self.classes:
-            raise ValueError(f"label '{label}' is not one of the training classes {list(self.classes)}")
+            raise ChestXrayError(f"label '{label}' is not one of the training classes {list(self.classes)}")
         return canonical
 
     def to_dict(self) -> dict:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.datamodule import decode_split
 from ..data.sources import DataError, evaluation_samples
-from ..inference.predict import load_model, predict_logits
+from ..errors import ChestXrayError
+from ..inference.predictor import Predictor
 from .metrics import binary_metrics, bootstrap_ci, delong_test
 
 
@@ -18,14 +18,14 @@ def compare_runs(
 ) -> dict:
     """`split` None: the test split, or all of `data` where it has no splits."""
     if len(runs) < 2:
-        raise ValueError("compare needs at least two runs")
-    loaded = [load_model(r) for r in runs]
+        raise ChestXrayError("compare needs at least two runs")
+    loaded = [Predictor.load(r) for r in runs]
     data = data or str(loaded[0].training_data)
     split, samples = evaluation_samples(data, split)
     y, ps, rows = None, [], []
     for run, lm in zip(runs, loaded):
-        dec = decode_split(samples, lm.img_size, False, f"reading {split}")
-        p = lm.scheme.p_infected(predict_logits(lm.model, dec.images, lm.img_size, lm.mean, lm.std) / lm.temperature).numpy()
+        dec = lm.decode(samples, desc=f"reading {split}")
+        p = lm.p_infected(lm.logits(dec.images))
         y_run = np.array([lm.scheme.is_infected(s.label) for s in samples])
         if y is not None and not np.array_equal(y, y_run):
             raise DataError(f"{run}: its Normal class differs from the first run's; the runs cannot be compared")

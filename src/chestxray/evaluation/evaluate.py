@@ -1,59 +1,113 @@
-"""Evaluate a model on a split: metrics.json and plots in one folder."""
+"""Evaluate a model on a split: metrics with intervals, plots, report.html; the same writer for train and evaluate."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
-from ..data.datamodule import decode_split
-from ..data.labels import TaskScheme
+from ..data.datamodule import DecodedSplit
 from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic
-from ..inference.predict import load_model, predict_logits
+from ..inference.explain import cam_examples
+from ..inference.predictor import Predictor
 from . import plots
-from .report import evaluate_logits
-
+from .metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    expected_calibration_error,
+    multiclass_metrics,
+    multilabel_metrics,
+    per_source,
+)
+from .report import write_report
 
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def write_evaluation(
+def evaluate_logits(predictor: Predictor, logits: torch.Tensor, samples: list[Sample], n_boot: int = 1000, seed: int = 0) -> dict:
+    """All metrics of one split from raw logits; the predictor applies its temperature and thresholds.
+
+    Every binary metric comes with a 95% bootstrap interval (patient-level where patient ids exist).
+    """
+    scheme = predictor.scheme
+    labels = [s.label for s in samples]
+    y = np.array([scheme.is_infected(lab) for lab in labels])
+    p = predictor.p_infected(logits)
+    points = {"0.5": 0.5, "val_threshold": predictor.threshold, **predictor.thresholds}
+    patients = [s.patient_id for s in samples]
+    groups = [pid or f"__image{i}" for i, pid in enumerate(patients)] if any(patients) else None
+    cis = bootstrap_ci(y, p, points, groups, n_boot, seed) if n_boot > 0 else {}
+    binary = {f"at_{name}": {**binary_metrics(y, p, t), "ci95": cis.get(name, {})} for name, t in points.items()}
+    ece, bins = expected_calibration_error(y, p)
+    calibration = {"temperature": predictor.temperature, "ece": ece, "bins": bins}
+    if predictor.temperature != 1.0:
+        raw_p = scheme.p_infected(logits).numpy()
+        calibration["ece_uncalibrated"], calibration["bins_uncalibrated"] = expected_calibration_error(y, raw_p)
+    out = {
+        "task": scheme.task,
+        "binary": binary,
+        "operating_points": points,
+        "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "patient" if groups else "image", "level": 0.95},
+        "calibration": calibration,
+    }
+    probs = predictor.probabilities(logits).numpy()
+    if scheme.task == "multiclass":
+        y_idx = np.array([scheme.class_index(lab) for lab in labels])
+        out["multiclass"] = multiclass_metrics(y_idx, probs, list(scheme.classes))
+    elif scheme.task == "multilabel":
+        y_ml = torch.stack([scheme.target(lab) for lab in labels]).numpy()
+        out["multilabel"] = multilabel_metrics(y_ml, probs, list(scheme.output_names))
+    sources = [s.source for s in samples]
+    if any(sources):
+        out["per_source"] = per_source(y, p, sources, predictor.threshold, groups, n_boot, seed)
+    return out
+
+
+def write_run_outputs(
     outdir: Path,
-    scheme: TaskScheme,
+    predictor: Predictor,
+    split: DecodedSplit,
     logits: torch.Tensor,
-    samples: list[Sample],
-    threshold: float,
     header: dict,
     history: pd.DataFrame | None = None,
-    operating_points: dict[str, float] | None = None,
-    temperature: float = 1.0,
     n_boot: int = 1000,
     seed: int = 0,
+    summarise: Callable[[dict], str] | None = None,
 ) -> dict:
-    """Compute the metrics of one split, write metrics.json and plots/ under `outdir`, return the dict."""
+    """metrics.json, plots/ and report.html of one split under `outdir`; return the metrics.
+
+    `logits` are the predictor's raw logits on `split` (computed once by the caller); `summarise`, when
+    given, adds the terminal summary to the metrics.
+    """
     outdir.mkdir(parents=True, exist_ok=True)
     plot_dir = outdir / "plots"
     plot_dir.mkdir(exist_ok=True)
-    note = "SYNTHETIC DATA" if header.get("synthetic") else None
-    metrics = {**header, "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if note else []), **evaluate_logits(scheme, logits, samples, threshold, operating_points, temperature, n_boot, seed)}
-    write_json(outdir / "metrics.json", metrics)
-    y = np.array([scheme.is_infected(s.label) for s in samples])
-    p = scheme.p_infected(logits / temperature).numpy()
+    synthetic = bool(header.get("synthetic"))
+    note = "SYNTHETIC DATA" if synthetic else None
+    metrics = {**header, "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if synthetic else []),
+               **evaluate_logits(predictor, logits, split.samples, n_boot, seed)}
+    y = np.array([predictor.scheme.is_infected(s.label) for s in split.samples])
+    p = predictor.p_infected(logits)
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.get('split', '')} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)
     cm = metrics["binary"]["at_val_threshold"]["confusion_matrix"]
-    plots.confusion(cm["rows_true_cols_pred"], cm["labels"], plot_dir / "confusion.png", f"threshold {threshold:.3f}")
+    plots.confusion(cm["rows_true_cols_pred"], cm["labels"], plot_dir / "confusion.png", f"threshold {predictor.threshold:.3f}")
     if "multiclass" in metrics:
         cm = metrics["multiclass"]["confusion_matrix"]
         plots.confusion(cm["rows_true_cols_pred"], cm["labels"], plot_dir / "confusion_multiclass.png", "argmax")
     if history is not None and len(history):
         plots.learning_curves(history, plot_dir / "learning_curves.png", note)
+    if summarise is not None:
+        metrics["summary"] = summarise(metrics)
+    write_json(outdir / "metrics.json", metrics)
+    write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits))
     return metrics
 
 
@@ -65,38 +119,27 @@ def evaluate_run(
 
     `split` None: the test split, or all of `data` where it has no train/val/test splits (split 'all').
     """
-    loaded = load_model(run)
+    predictor = Predictor.load(run)
     split, samples = evaluation_samples(data, split)
-    unknown = sorted({s.label for s in samples} - set(loaded.scheme.classes))
+    unknown = sorted({s.label for s in samples} - set(predictor.scheme.classes))
     if unknown:
-        raise DataError(f"{data}: labels {unknown} in split '{split}' are not among the model's classes {list(loaded.scheme.classes)}")
-    decoded = decode_split(samples, loaded.img_size, skip_bad, desc=f"reading {split}")
-    logits = predict_logits(loaded.model, decoded.images, loaded.img_size, loaded.mean, loaded.std)
+        raise DataError(f"{data}: labels {unknown} in split '{split}' are not among the model's classes {list(predictor.scheme.classes)}")
+    decoded = predictor.decode(samples, skip_bad, desc=f"reading {split}")
+    logits = predictor.logits(decoded.images)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
     # the same files in another form (folder vs its manifest) still count as the training data
-    trained_on = loaded.training_data
-    here = Path(data).resolve()
-    roots = {p if p.is_dir() else p.parent for p in (trained_on, here)}
-    external = len(roots) != 1
+    roots = {p if p.is_dir() else p.parent for p in (predictor.training_data, Path(data).resolve())}
     out = Path(out) if out else run_dir / "eval" / f"{Path(data).stem}-{split}"
     history_path = run_dir / "history.csv"
     header = {
         "data": str(data),
         "split": split,
-        "external": external,
+        "external": len(roots) != 1,
         "synthetic": is_synthetic(data),
-        "model": loaded.meta.get("model_name"),
-        "stage": loaded.meta.get("stage"),
-        "val_threshold": loaded.threshold,
+        "model": predictor.meta.get("model_name"),
+        "stage": predictor.meta.get("stage"),
+        "val_threshold": predictor.threshold,
         "unreadable_skipped": [str(e) for e in decoded.errors],
     }
     history = pd.read_csv(history_path) if history_path.exists() else None
-    metrics = write_evaluation(
-        out, loaded.scheme, logits, decoded.samples, loaded.threshold, header, history,
-        loaded.meta.get("thresholds"), loaded.temperature, n_boot, seed,
-    )
-    from ..inference.explain import cam_examples
-    from .html import write_report
-
-    write_report(out, metrics, loaded.meta.get("config"), cam_examples(loaded, decoded.images, decoded.samples, logits))
-    return metrics, out
+    return write_run_outputs(out, predictor, decoded, logits, header, history, n_boot, seed), out

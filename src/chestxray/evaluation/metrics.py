@@ -11,6 +11,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from ..errors import ChestXrayError
+
 
 def _safe(fn, *args, **kw) -> float | None:
     try:
@@ -337,7 +339,7 @@ def delong_test(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> dict:
     pos, neg = preds[:, y == 1], preds[:, y == 0]
     m, n = pos.shape[1], neg.shape[1]
     if m < 2 or n < 2:
-        raise ValueError("DeLong's test needs at least two infected and two normal cases")
+        raise ChestXrayError("DeLong's test needs at least two infected and two normal cases")
     tx = np.array([_midrank(r) for r in pos])
     ty = np.array([_midrank(r) for r in neg])
     tz = np.array([_midrank(r) for r in np.hstack([pos, neg])])

@@ -1,94 +1,137 @@
-"""Turn logits on a split into the full metrics dictionary and a printable summary."""
+"""report.html: one self-contained file (images embedded) with the evidence a reviewer asks for."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+import base64
+import html
+from pathlib import Path
 
-from ..data.labels import TaskScheme
-from ..data.sources import Sample
-from .metrics import (
-    binary_metrics,
-    bootstrap_ci,
-    expected_calibration_error,
-    multiclass_metrics,
-    multilabel_metrics,
-    per_source,
-)
+import yaml
 
-SUMMARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1", "roc_auc", "pr_auc")
+from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 
+KEYS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1")
 
-def evaluate_logits(
-    scheme: TaskScheme,
-    logits: torch.Tensor,
-    samples: list[Sample],
-    threshold: float,
-    operating_points: dict[str, float] | None = None,
-    temperature: float = 1.0,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict:
-    """All metrics of one split. `logits` are raw; `temperature` (fitted on validation) is applied here.
-
-    Every binary metric comes with a 95% bootstrap interval (patient-level where patient ids exist).
-    """
-    labels = [s.label for s in samples]
-    y = np.array([scheme.is_infected(lab) for lab in labels])
-    raw_p = scheme.p_infected(logits).numpy()
-    logits = logits / temperature
-    p = scheme.p_infected(logits).numpy()
-    points = {"0.5": 0.5, "val_threshold": threshold, **(operating_points or {})}
-    patients = [s.patient_id for s in samples]
-    groups = [pid or f"__image{i}" for i, pid in enumerate(patients)] if any(patients) else None
-    cis = bootstrap_ci(y, p, points, groups, n_boot, seed) if n_boot > 0 else {}
-    binary = {}
-    for name, t in points.items():
-        binary[f"at_{name}"] = {**binary_metrics(y, p, t), "ci95": cis.get(name, {})}
-    ece, bins = expected_calibration_error(y, p)
-    calibration = {"temperature": temperature, "ece": ece, "bins": bins}
-    if temperature != 1.0:
-        calibration["ece_uncalibrated"], calibration["bins_uncalibrated"] = expected_calibration_error(y, raw_p)
-    out = {
-        "task": scheme.task,
-        "binary": binary,
-        "operating_points": points,
-        "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "patient" if groups else "image", "level": 0.95},
-        "calibration": calibration,
-    }
-    probs = scheme.probabilities(logits).numpy()
-    if scheme.task == "multiclass":
-        y_idx = np.array([scheme.class_index(lab) for lab in labels])
-        out["multiclass"] = multiclass_metrics(y_idx, probs, list(scheme.classes))
-    elif scheme.task == "multilabel":
-        y_ml = torch.stack([scheme.target(lab) for lab in labels]).numpy()
-        out["multilabel"] = multilabel_metrics(y_ml, probs, list(scheme.output_names))
-    sources = [s.source for s in samples]
-    if any(sources):
-        out["per_source"] = per_source(y, p, sources, threshold, groups, n_boot, seed)
-    return out
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.4}
+h1{margin-bottom:.2em} table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right} th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left} .warn{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em}
+.synthetic{background:#f8d7da;border:1px solid #d9534f;padding:.6em 1em;font-weight:bold}
+img{max-width:100%} .grid{display:flex;flex-wrap:wrap;gap:1em} .grid img{max-width:520px}
+pre{background:#f6f6f6;padding:.8em;font-size:.8em;overflow:auto;max-height:320px}
+.ci{color:#666;font-size:.85em}
+"""
 
 
-def ci_line(metrics: dict, name: str = "at_val_threshold") -> str:
-    """One line of 95% intervals for the main metrics of one operating point."""
-    b = metrics.get("bootstrap", {})
-    ci = metrics["binary"][name].get("ci95") or {}
-    if not ci:
+def _img(path: Path) -> str:
+    if not path.exists():
         return ""
-    parts = [f"{k} [{_fmt(ci[k][0]).strip()}, {_fmt(ci[k][1]).strip()}]"
-             for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "f1_infected") if k in ci]
-    return f"95% CI ({b.get('resamples')} {b.get('unit')}-level bootstrap resamples, seed {b.get('seed')}): " + ", ".join(parts)
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
 
 
-def _fmt(v) -> str:
-    return "  n/a" if v is None else f"{v:.3f}"
+def _png_bytes_img(data: bytes, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{html.escape(alt)}">'
 
 
-def summary_table(rows: dict[str, dict]) -> str:
-    """rows: name -> binary metrics dict. One line per row, one column per metric."""
-    head = f"{'':28s}" + "".join(f"{k[:11]:>12s}" for k in SUMMARY_KEYS)
-    lines = [head]
-    for name, m in rows.items():
-        lines.append(f"{name[:28]:28s}" + "".join(f"{_fmt(m.get(k)):>12s}" for k in SUMMARY_KEYS))
-    lines += [f"{name.strip()}: ROC-AUC and PR-AUC {m['auc_note']}" for name, m in rows.items() if m.get("auc_note")]
-    return "\n".join(lines)
+def _v(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _cell(m: dict, k: str) -> str:
+    """A table cell: the value, and its 95% interval below it when there is one."""
+    if k in ("roc_auc", "pr_auc") and m.get("auc_note"):
+        return f"<td>{html.escape(m['auc_note'])}</td>"
+    c = (m.get("ci95") or {}).get(k)
+    extra = f'<br><span class="ci">[{_v(c[0])}, {_v(c[1])}]</span>' if c and c[0] is not None else ""
+    return f"<td>{_v(m.get(k))}{extra}</td>"
+
+
+def metrics_table(binary: dict, thresholds: dict) -> str:
+    rows = ["<tr><th>operating point</th><th>threshold</th>" + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>"]
+    for name, m in binary.items():
+        cells = "".join(_cell(m, k) for k in KEYS)
+        rows.append(f"<tr><td>{html.escape(name[3:])}</td><td>{m['threshold']:.3f}</td>{cells}</tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pngs: list[tuple[bytes, str]] = ()) -> Path:
+    plots = outdir / "plots"
+    synthetic = metrics.get("synthetic")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>chestxray report</title><style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>chestxray report</h1><p>{html.escape(str(metrics.get('data')))}, split <b>{html.escape(str(metrics.get('split')))}</b>"
+                 f", model {html.escape(str(metrics.get('model')))}"
+                 + (f", final stage {html.escape(str(metrics['final_stage']))}" if metrics.get("final_stage") else "") + "</p>")
+    parts.append(f'<p class="warn"><b>{RESEARCH_NOTE}</b> These figures describe this dataset and split only.</p>')
+    if synthetic:
+        parts.append(f'<p class="synthetic">{SYNTHETIC_NOTE}</p>')
+    if metrics.get("external"):
+        parts.append('<p class="warn"><b>External evaluation:</b> this data was not the training data of the model.</p>')
+
+    parts.append("<h2>Data</h2>")
+    counts = metrics.get("class_counts")
+    if counts:
+        classes = sorted({c for v in counts.values() for c in v})
+        parts.append("<table><tr><th>split</th>" + "".join(f"<th>{c}</th>" for c in classes) + "</tr>"
+                     + "".join(f"<tr><td>{s}</td>" + "".join(f"<td>{v.get(c, 0)}</td>" for c in classes) + "</tr>" for s, v in counts.items())
+                     + "</table>")
+    b0 = metrics["binary"]["at_0.5"]
+    parts.append(f"<p>Evaluated: {b0['n']} images, {b0['n_infected']} infected, {b0['n_normal']} normal.")
+    if metrics.get("unreadable_skipped"):
+        parts.append(f" Skipped as unreadable: {len(metrics['unreadable_skipped'])}.")
+    parts.append("</p>")
+
+    boot = metrics.get("bootstrap", {})
+    parts.append("<h2>Metrics (infected vs normal)</h2>")
+    parts.append(f"<p>Thresholds other than 0.5 were chosen on the validation split and are only reported here. "
+                 f"Brackets: 95% bootstrap intervals ({boot.get('resamples')} {boot.get('unit')}-level resamples, seed {boot.get('seed')}).</p>")
+    parts.append(metrics_table(metrics["binary"], metrics.get("operating_points", {})))
+    if metrics.get("stages"):
+        parts.append("<h3>Each stage's best checkpoint (threshold 0.5)</h3><table><tr><th>stage / split</th>"
+                     + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>")
+        for stage, r in metrics["stages"].items():
+            for split in ("val", "test"):
+                if split in r:
+                    parts.append(f"<tr><td>{stage} / {split}</td>" + "".join(f"<td>{_v(r[split].get(k))}</td>" for k in KEYS) + "</tr>")
+        parts.append("</table>")
+    if metrics.get("per_source"):
+        parts.append("<h3>Per source (validation threshold)</h3><table><tr><th>source</th><th>n</th><th>infected</th>"
+                     + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>")
+        for src, m in metrics["per_source"].items():
+            parts.append(f"<tr><td>{html.escape(src)}</td><td>{m['n']}</td><td>{m['n_infected']}</td>"
+                         + "".join(_cell(m, k) for k in KEYS) + "</tr>")
+        parts.append("</table>")
+    cal = metrics.get("calibration", {})
+    if cal:
+        line = f"Expected calibration error {cal['ece']:.3f}"
+        if "ece_uncalibrated" in cal:
+            line += f" after temperature scaling (T = {cal['temperature']:.2f}, fitted on validation); {cal['ece_uncalibrated']:.3f} before"
+        parts.append(f"<p>{line}.</p>")
+
+    parts.append("<h2>Curves</h2><div class='grid'>")
+    for name in ("learning_curves", "roc", "pr", "confusion", "reliability", "confusion_multiclass"):
+        parts.append(_img(plots / f"{name}.png"))
+    parts.append("</div>")
+    if cam_pngs:
+        parts.append("<h2>Grad-CAM</h2><p>Where the model looked, for the predicted class. Heat on text, markers or "
+                     "borders rather than the lungs is a warning sign.</p>")
+        parts += [f"<p>{_png_bytes_img(data, alt)}</p>" for data, alt in cam_pngs]
+
+    parts.append("<h2>Caveats</h2><ul>")
+    caveats = [
+        "A research tool, not a diagnostic device: nothing here is evidence of clinical performance.",
+        f"The evaluated split has {b0['n']} images; read every figure with its interval.",
+        "Datasets that draw classes from different sources let a model learn the source instead of the disease: compare the per-source rows and validate externally.",
+    ]
+    if synthetic:
+        caveats.insert(0, SYNTHETIC_NOTE)
+    else:
+        caveats.append("Labels mined from reports (as in NIH ChestX-ray) are noisy.")
+    parts += [f"<li>{html.escape(c)}</li>" for c in caveats] + ["</ul>"]
+    if config:
+        parts.append(f"<h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
+    parts.append("</body></html>")
+    path = outdir / "report.html"
+    path.write_text("\n".join(parts))
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..data.datamodule import DecodedDataset, decode_split, make_loader
+from ..data.datamodule import DecodedDataset, make_loader
 from ..data.sources import Sample
+from ..errors import ChestXrayError
 from ..data.transforms import eval_transform, to_model_input
-from .predict import LoadedModel
+from .predictor import Predictor
 
 
 def cam_target_layer(model: nn.Module) -> nn.Module:
@@ -28,30 +30,30 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
         return model.features.norm5
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError(f"no convolutional layer for Grad-CAM in {arch}")
+        raise ChestXrayError(f"no convolutional layer for Grad-CAM in {arch}")
     return convs[-1]
 
 
-def _targets(loaded: LoadedModel, logits: torch.Tensor):
+def _targets(loaded: Predictor, logits: torch.Tensor):
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
 
     scheme = loaded.scheme
     if scheme.task == "binary":
-        p = scheme.p_infected(logits / loaded.temperature)
-        return [BinaryClassifierOutputTarget(int(v >= loaded.threshold)) for v in p]
+        return [BinaryClassifierOutputTarget(int(v >= loaded.threshold)) for v in loaded.p_infected(logits)]
     return [ClassifierOutputTarget(int(i)) for i in logits.argmax(1)]
 
 
-def gradcam(loaded: LoadedModel, images, batch_size: int = 16) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+def gradcam(loaded: Predictor, images, batch_size: int = 16) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """(CAMs in [0, 1] of shape (N, S, S), logits, the model-size grayscale images in [0, 1])."""
     from pytorch_grad_cam import GradCAM
 
     model = loaded.model.eval()
-    ds = DecodedDataset(images, None, eval_transform(loaded.img_size))
+    prep = loaded.preprocessing
+    ds = DecodedDataset(images, None, eval_transform(prep.img_size))
     cams, logits, shown = [], [], []
     with GradCAM(model=model, target_layers=[cam_target_layer(model)]) as cam:
         for x8, _, _ in make_loader(ds, batch_size, train=False):
-            x = to_model_input(x8, loaded.mean, loaded.std, channels_last=False)
+            x = to_model_input(x8, prep.mean, prep.std, channels_last=False)
             with torch.no_grad():
                 out = model(x).float()
             # gradients must reach the target layer even where the backbone is frozen (requires_grad off)
@@ -68,14 +70,14 @@ def overlay(gray: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return show_cam_on_image(rgb, cam.astype(np.float32), use_rgb=True)
 
 
-def explain_paths(loaded: LoadedModel, paths: list[str], out: Path, skip_bad: bool = False) -> pd.DataFrame:
+def explain_paths(loaded: Predictor, paths: list[str], out: Path, skip_bad: bool = False) -> pd.DataFrame:
     """Write DIR/<name>_gradcam.png for each image and DIR/explanations.csv; return the table."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
-    split = decode_split([Sample(p, None) for p in paths], loaded.img_size, skip_bad, desc="reading")
+    split = loaded.decode([Sample(p, None) for p in paths], skip_bad)
     cams, logits, gray = gradcam(loaded, split.images)
-    p = loaded.scheme.p_infected(logits / loaded.temperature).numpy()
+    p = loaded.p_infected(logits)
     rows = []
     used: set[str] = set()
     for i, s in enumerate(split.samples):
@@ -85,10 +87,33 @@ def explain_paths(loaded: LoadedModel, paths: list[str], out: Path, skip_bad: bo
         used.add(name)
         Image.fromarray(overlay(gray[i], cams[i])).save(out / f"{name}_gradcam.png")
         rows.append({"path": s.path, "overlay": str(out / f"{name}_gradcam.png"), "p_infected": round(float(p[i]), 6),
-                     "predicted": "infected" if p[i] >= loaded.threshold else "normal"})
+                     "predicted": str(loaded.decide(p[i : i + 1])[0])})
     df = pd.DataFrame(rows)
     df.to_csv(out / "explanations.csv", index=False)
     return df
+
+
+def cam_grid_png(overlays: list, captions: list[str], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(overlays))
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, cap in zip(axes.ravel(), overlays, captions):
+        ax.imshow(img)
+        ax.set_title(cap, fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def cam_caption(name: str, label: str, p_infected: float, threshold: float) -> str:
@@ -97,17 +122,15 @@ def cam_caption(name: str, label: str, p_infected: float, threshold: float) -> s
 
 
 def cam_examples(
-    loaded: LoadedModel, images, samples: list[Sample], logits: torch.Tensor, n: int = 4
+    loaded: Predictor, images, samples: list[Sample], logits: torch.Tensor, n: int = 4
 ) -> list[tuple[bytes, str]]:
     """Grad-CAM grids of up to `n` correct and `n` wrong predictions (the most confident of each).
 
     `logits` are the model's raw outputs on `images`, already computed by the caller.
     """
-    from ..evaluation.html import cam_grid_png
-
     if not len(samples):
         return []
-    p = loaded.scheme.p_infected(logits / loaded.temperature).numpy()
+    p = loaded.p_infected(logits)
     y = np.array([loaded.scheme.is_infected(s.label) for s in samples])
     pred = (p >= loaded.threshold).astype(int)
     confidence = np.abs(p - loaded.threshold)

@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import ChestXrayError
+from ..errors import ChestXrayError, ConfigError
 from ..files import torch_load
 
 
@@ -83,7 +83,7 @@ def get_spec(name: str) -> BackboneSpec:
         return REGISTRY[name]
     if name in timm.list_models() or name.split(".")[0] in timm.list_models():
         return BackboneSpec(name, name, note="timm model; weights from the hub or its cache")
-    raise ValueError(f"unknown model '{name}': use one of {sorted(REGISTRY)} or any timm model name")
+    raise ConfigError(f"--model: unknown model '{name}': use one of {sorted(REGISTRY)} or any timm model name")
 
 
 def torch_cache_file(spec: BackboneSpec) -> Path | None:

@@ -1,12 +1,19 @@
-"""The two-stage recipe: head on a frozen backbone, then fine-tuning from the best head checkpoint."""
+"""The two-stage recipe: head on a frozen backbone, then fine-tuning from the best head checkpoint.
+
+Read `train_run` first: prepare the run, fit each stage, choose the final model on validation,
+finalise the run directory. Every decision (final stage, temperature, thresholds) and every figure in
+metrics.json is taken from the Predictor's forward pass, the one `chestxray predict` runs.
+"""
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import os
 import shutil
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -15,20 +22,19 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 
-from ..config import STAGES, Config
-from ..data.datamodule import StageData, decode_split, make_dataset
-from ..data.labels import TaskScheme
-from ..data.check import quick_check
-from ..data.sources import DataError, carve_validation, class_counts, discover, is_synthetic, write_split_csv
 from .. import SYNTHETIC_NOTE
-from ..evaluation.evaluate import write_evaluation, write_json
-from ..evaluation.metrics import binary_metrics, fit_temperature, operating_points
-from ..evaluation.report import ci_line, summary_table
-from ..evaluation.html import write_report
-from ..inference.explain import cam_examples
-from ..inference.predict import LoadedModel, predict_logits, save_checkpoint
+from ..config import STAGES, Config
 from ..data.cache import default_cache_dir, file_key
+from ..data.check import quick_check
+from ..data.datamodule import DecodedSplit, StageData, decode_split, make_dataset
+from ..data.labels import TaskScheme
+from ..data.sources import DataError, carve_validation, class_counts, discover, is_synthetic, write_split_csv
+from ..evaluation.evaluate import write_run_outputs
+from ..evaluation.metrics import binary_metrics, fit_temperature, operating_points
+from ..evaluation.summary import ci_line, summary_table
+from ..inference.predictor import Predictor, Preprocessing
 from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
 from .losses import balanced_class_weights
@@ -130,57 +136,101 @@ def resolve_precision(precision: str) -> str:
     return "bf16-mixed" if cpu_bf16 else "32-true"
 
 
-def head_features(cfg: Config, model, decoded: dict, mean, std, precision: str) -> dict[str, torch.Tensor]:
-    """Features of every split from the frozen backbone, computed once and cached on disk."""
+def head_features(run: "Run") -> dict[str, torch.Tensor]:
+    """Frozen-backbone features of train and validation, computed once and cached on disk."""
+    cfg, model = run.cfg, run.model
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     fingerprint = state_fingerprint(model)
     if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # extract on this process's GPU
-    feats = {}
-    for name, split in decoded.items():
+    prep, feats = run.predictor.preprocessing, {}
+    for name in ("train", "val"):
+        split = run.decoded[name]
         views = cfg.train.feature_views if name == "train" else 0
         key = [fingerprint, get_spec(cfg.model.model).timm_name, str(cfg.data.img_size), str(views),
-               str(cfg.train.seed), precision, str(cfg.train.channels_last)]
+               str(cfg.train.seed), run.precision, str(cfg.train.channels_last)]
         key += [file_key(s.path, cfg.data.img_size) for s in split.samples]
         feats[name] = cached_features(
             cache_dir, key,
             lambda split=split, views=views: extract_features(
-                model, split.images, cfg.data.img_size, mean, std, views, cfg.train.seed,
-                precision=precision, channels_last=cfg.train.channels_last,
+                model, split.images, cfg.data.img_size, prep.mean, prep.std, views, cfg.train.seed,
+                precision=run.precision, channels_last=cfg.train.channels_last,
             ),
         )
     model.cpu()
     return feats
 
 
+@dataclass
+class Run:
+    """What the steps of a training run share."""
+
+    cfg: Config
+    out: Path
+    writer: bool  # the one process (global rank zero) that writes the run directory
+    scheme: TaskScheme
+    decoded: dict[str, DecodedSplit]
+    predictor: Predictor  # the model under training, with its preprocessing: every score comes from here
+    origin: str  # where the backbone weights came from
+    precision: str
+    synthetic: bool
+    class_weights: torch.Tensor | None = None
+    states: dict[str, dict] = field(default_factory=dict)  # stage -> its best weights
+    logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> logits
+    histories: list[pd.DataFrame] = field(default_factory=list)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.predictor.model
+
+    @property
+    def eval_split(self) -> str:
+        """What the final figures are reported on: test where there is one; never used to choose."""
+        return "test" if "test" in self.decoded and self.decoded["test"].samples else "val"
+
+    def infected(self, split: str) -> np.ndarray:
+        return np.array([self.scheme.is_infected(s.label) for s in self.decoded[split].samples])
+
+    def targets(self, split: str) -> torch.Tensor:
+        return torch.stack([self.scheme.target(s.label) for s in self.decoded[split].samples])
+
+
 def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
-    """Train the configured stages into run directory `out`; evaluate the chosen model; return the summary."""
-    out = Path(out)
+    """Train the configured stages into run directory `out`; evaluate the chosen model; return its metrics."""
+    run = prepare_run(cfg, Path(out))
+    results = {}
+    for stage in parse_stages(cfg.train.stages):
+        if (cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune) > 0:
+            results[stage] = fit_stage(run, stage, progress)
+    if not run.writer:
+        return {}  # other DDP processes only train; the writer reports
+    choose_final_model(run, results)
+    return finalise_run(run, results)
+
+
+def prepare_run(cfg: Config, out: Path) -> Run:
+    """Options, data checks, splits, weights, decoded images; the run directory's first files."""
     cfg.validate()  # every option, before any data is read or any directory made
     if not cfg.data.data:
         raise DataError("no data: give --data or set data in --config")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device banners and tips
     warnings.filterwarnings("ignore", ".*treespec.*")
-    stages = parse_stages(cfg.train.stages)
     get_spec(cfg.model.model)  # fail on an unknown model before decoding anything
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    synthetic = is_synthetic(cfg.data.data)
-    zero = launched_as_global_zero()  # only one process writes the run directory
+    writer = launched_as_global_zero()
     splits, scheme = prepare_splits(cfg)
-    if zero:
+    synthetic = is_synthetic(cfg.data.data)
+    if writer:
         out.mkdir(parents=True, exist_ok=True)
         write_split_csv(out / "split.csv", splits)
         cfg.save(out / "config.yaml")
-    if synthetic and zero:
-        (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE + "\n")
-
+        if synthetic:
+            (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE + "\n")
     # weights before decoding: a missing weights file should stop the run before any slow work
     model, origin = create_model(cfg.model.model, scheme.num_outputs, cfg.model.weights, cfg.model.pretrained, cfg.model.dropout)
-    decoded = {
-        k: decode_split(v, cfg.data.img_size, cfg.data.skip_bad, f"decoding {k}", cfg.data.cache_dir) for k, v in splits.items()
-    }
+    decoded = {k: decode_split(v, cfg.data.img_size, cfg.data.skip_bad, f"decoding {k}", cfg.data.cache_dir) for k, v in splits.items()}
     errors = [e for d in decoded.values() for e in d.errors]
-    if errors and zero:
+    if errors and writer:
         with open(out / "skipped.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "reason"])
@@ -189,150 +239,138 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     for k in ("train", "val"):
         if len(decoded[k].samples) == 0:
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
+    prep = Preprocessing(cfg.data.img_size, *normalisation(model))
+    run = Run(cfg, out, writer, scheme, decoded, Predictor(model, scheme, prep), origin,
+              resolve_precision(cfg.train.precision), synthetic)
+    if cfg.train.class_weights:
+        run.class_weights = balanced_class_weights(scheme.task, list(run.targets("train")), scheme.num_outputs)
+    return run
 
-    mean, std = normalisation(model)
-    precision = resolve_precision(cfg.train.precision)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    size, bs = cfg.data.img_size, cfg.data.batch_size
-    train_ds = make_dataset(decoded["train"], scheme, size, train=True)
-    val_ds = make_dataset(decoded["val"], scheme, size, train=False)
-    plain_train_ds = make_dataset(decoded["train"], scheme, size, train=False)
-    class_weights = (
-        balanced_class_weights(scheme.task, train_ds.targets, scheme.num_outputs) if cfg.train.class_weights else None
+
+def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
+    """The Lightning module and data of a stage: the head on cached features where it can, else images."""
+    cfg, size, bs = run.cfg, run.cfg.data.img_size, run.cfg.data.batch_size
+    prep = run.predictor.preprocessing
+    targets = {k: list(run.targets(k)) for k in ("train", "val")}
+    on_features = stage == "head" and cfg.train.head_features and (not cfg.train.head_augment or cfg.train.feature_views > 0)
+    if on_features:
+        feats = head_features(run)
+        module = ClassifierModule(run.model, run.scheme, stage, cfg.train, run.class_weights,
+                                  head_fn=head_split(run.model)[1], mean=prep.mean, std=prep.std)
+        data = StageData(FeatureDataset(feats["train"], targets["train"]), FeatureDataset(feats["val"], targets["val"]),
+                         bs, 0, cfg.train.seed)
+        return module, data
+    module = ClassifierModule(run.model, run.scheme, stage, cfg.train, run.class_weights, mean=prep.mean, std=prep.std)
+    augment = stage == "finetune" or cfg.train.head_augment
+    train_ds = make_dataset(run.decoded["train"], run.scheme, size, train=augment)
+    val_ds = make_dataset(run.decoded["val"], run.scheme, size, train=False)
+    return module, StageData(train_ds, val_ds, bs, cfg.data.workers, cfg.train.seed)
+
+
+def make_trainer(run: Run, stage: str, n_train: int, progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
+    cfg = run.cfg
+    ckpt_dir = run.out / "checkpoints" / stage
+    if run.writer:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(run.out / "logs" / stage, ignore_errors=True)
+    mode = "min" if cfg.train.monitor == "val_loss" else "max"
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=True)
+    shown, bar = progress_callbacks(stage, n_train, progress and run.writer)
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        precision=run.precision,
+        num_nodes=cfg.train.num_nodes,
+        strategy=cfg.train.strategy,
+        deterministic=cfg.train.deterministic,
+        callbacks=[ckpt_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode), *shown],
+        logger=CSVLogger(run.out / "logs", name=stage, version=0),
+        enable_progress_bar=bar,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        default_root_dir=run.out,
+        use_distributed_sampler=False,  # StageData shards without padding validation
     )
-    y_val = np.array([scheme.is_infected(s.label) for s in decoded["val"].samples])
-    has_test = "test" in decoded and len(decoded["test"].samples) > 0
-    y_test = np.array([scheme.is_infected(s.label) for s in decoded["test"].samples]) if has_test else None
+    return trainer, ckpt_cb
 
-    results: dict[str, dict] = {}
-    states: dict[str, dict] = {}
-    logits: dict[str, dict[str, torch.Tensor]] = {}  # stage -> split -> logits of that stage's best model
-    histories = []
-    for stage in stages:
-        epochs = cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune
-        if epochs <= 0:
-            continue
-        # each stage starts from the same random state, whatever ran before it (a cold or warm feature cache)
-        L.seed_everything(cfg.train.seed + STAGES.index(stage), workers=True, verbose=False)
-        on_features = stage == "head" and cfg.train.head_features and (not cfg.train.head_augment or cfg.train.feature_views > 0)
-        if on_features:
-            feats = head_features(cfg, model, decoded, mean, std, precision)
-            head_fn = head_split(model)[1]
-            module = ClassifierModule(model, scheme, stage, cfg.train, class_weights, head_fn=head_fn, mean=mean, std=std)
-            data = StageData(FeatureDataset(feats["train"], train_ds.targets), FeatureDataset(feats["val"], val_ds.targets), bs, 0, cfg.train.seed)
-        else:
-            module = ClassifierModule(model, scheme, stage, cfg.train, class_weights, mean=mean, std=std)
-            augment = stage == "finetune" or cfg.train.head_augment
-            data = StageData(train_ds if augment else plain_train_ds, val_ds, bs, cfg.data.workers, cfg.train.seed)
-        ckpt_dir = out / "checkpoints" / stage
-        if zero:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            shutil.rmtree(out / "logs" / stage, ignore_errors=True)
-        mode = "min" if cfg.train.monitor == "val_loss" else "max"
-        ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=True)
-        shown, bar = progress_callbacks(stage, len(data.train_ds), progress and zero)
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            accelerator=cfg.train.accelerator,
-            devices=cfg.train.devices,
-            precision=precision,
-            num_nodes=cfg.train.num_nodes,
-            strategy=cfg.train.strategy,
-            deterministic=cfg.train.deterministic,
-            callbacks=[ckpt_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode), *shown],
-            logger=CSVLogger(out / "logs", name=stage, version=0),
-            enable_progress_bar=bar,
-            enable_model_summary=False,
-            log_every_n_steps=1,
-            num_sanity_val_steps=0,
-            default_root_dir=out,
-            use_distributed_sampler=False,  # StageData shards without padding validation
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BN, on purpose
-            trainer.fit(module, datamodule=data)
-        best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(best)  # the best epoch, not the last
-        model.cpu()
-        if not trainer.is_global_zero:
-            continue  # other DDP processes only train; the next stage starts from the same best weights
-        states[stage] = {k: v.clone() for k, v in model.state_dict().items()}
-        hist = read_history(out / "logs", stage, sum(len(h) for h in histories))
-        histories.append(hist)
 
-        if on_features:
-            with torch.no_grad():
-                model.eval()
-                logits[stage] = {k: head_fn(feats[k][0]).float() for k in ("val", "test") if k in decoded}
-        else:
-            logits[stage] = {k: predict_logits(model, decoded[k].images, size, mean, std) for k in ("val", "test") if k in decoded}
-        val_loss = float(module.criterion(logits[stage]["val"], torch.stack(val_ds.targets)))
-        val_m = binary_metrics(y_val, scheme.p_infected(logits[stage]["val"]).numpy(), 0.5)
-        res = {"val": val_m, "val_loss": val_loss, "score": _score(cfg.train.monitor, val_m, val_loss), "epochs_run": len(hist)}
-        if has_test:
-            res["test"] = binary_metrics(y_test, scheme.p_infected(logits[stage]["test"]).numpy(), 0.5)
-        results[stage] = res
-
-    if not zero:
+def fit_stage(run: Run, stage: str, progress: bool) -> dict:
+    """Train one stage, keep its best epoch, and score that model on validation (and test)."""
+    # each stage starts from the same random state, whatever ran before it (a cold or a warm feature cache)
+    L.seed_everything(run.cfg.train.seed + STAGES.index(stage), workers=True, verbose=False)
+    if run.cfg.train.channels_last:
+        run.model.to(memory_format=torch.channels_last)
+    module, data = stage_inputs(run, stage)
+    trainer, ckpt_cb = make_trainer(run, stage, len(data.train_ds), progress)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BN, on purpose
+        trainer.fit(module, datamodule=data)
+    best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(best)  # the best epoch, not the last
+    run.model.cpu().to(memory_format=torch.contiguous_format)  # as a loaded checkpoint is: the same numbers
+    if not run.writer:
         return {}
-    if not results:
-        raise ValueError("no stage ran: set --epochs-head and/or --epochs-finetune above 0")
-    # The final model is the stage with the best validation score; test never chooses anything.
-    final_stage = max(results, key=lambda s: results[s]["score"])
-    model.load_state_dict(states[final_stage])
-    val_logits = logits[final_stage]["val"]
-    temperature = fit_temperature(val_logits, torch.stack(val_ds.targets), scheme.task) if cfg.train.calibrate else 1.0
-    points = operating_points(y_val, scheme.p_infected(val_logits / temperature).numpy(), cfg.train.target_sensitivity)
+    run.states[stage] = copy.deepcopy(run.model.state_dict())
+    hist = read_history(run.out / "logs", stage, sum(len(h) for h in run.histories))
+    run.histories.append(hist)
+    run.logits[stage] = {k: run.predictor.logits(run.decoded[k].images) for k in ("val", "test") if k in run.decoded}
+    val_loss = float(module.criterion(run.logits[stage]["val"], run.targets("val")))
+    val_m = binary_metrics(run.infected("val"), run.scheme.p_infected(run.logits[stage]["val"]).numpy(), 0.5)
+    res = {"val": val_m, "val_loss": val_loss, "score": _score(run.cfg.train.monitor, val_m, val_loss), "epochs_run": len(hist)}
+    if run.eval_split == "test":
+        res["test"] = binary_metrics(run.infected("test"), run.scheme.p_infected(run.logits[stage]["test"]).numpy(), 0.5)
+    return res
+
+
+def choose_final_model(run: Run, results: dict) -> None:
+    """The stage with the best validation score; temperature and operating points on its validation logits."""
+    cfg, predictor = run.cfg, run.predictor
+    final = max(results, key=lambda s: results[s]["score"])  # test never chooses anything
+    predictor.model.load_state_dict(run.states[final])
+    val_logits = run.logits[final]["val"]
+    predictor.temperature = fit_temperature(val_logits, run.targets("val"), run.scheme.task) if cfg.train.calibrate else 1.0
+    points = operating_points(run.infected("val"), predictor.p_infected(val_logits), cfg.train.target_sensitivity)
     chosen = choose_point(points, cfg.train.operating_point)
-    threshold = points[chosen]
-    meta = {
+    predictor.threshold, predictor.thresholds = points[chosen], points
+    predictor.threshold_rule = f"{chosen}, chosen on validation"
+    predictor.meta = {
         "model_name": cfg.model.model,
         "timm_name": get_spec(cfg.model.model).timm_name,
-        "scheme": scheme.to_dict(),
-        "img_size": size,
-        "mean": list(mean),
-        "std": list(std),
-        "threshold": threshold,
-        "threshold_rule": f"{chosen}, chosen on validation",
-        "thresholds": points,
-        "temperature": temperature,
-        "stage": final_stage,
-        "weights_origin": origin,
+        "stage": final,
+        "weights_origin": run.origin,
         "config": cfg.to_dict(),
-        "synthetic": synthetic,
+        "synthetic": run.synthetic,
         "data_resolved": str(Path(cfg.data.data).resolve()),
     }
-    save_checkpoint(out / "checkpoints" / "best.ckpt", model, meta)
-    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
-    history.to_csv(out / "history.csv", index=False)
 
+
+def finalise_run(run: Run, results: dict) -> dict:
+    """The final checkpoint, history.csv, and metrics, plots and report of the evaluation split."""
+    predictor, final, split = run.predictor, run.predictor.meta["stage"], run.eval_split
+    predictor.save(run.out / "checkpoints" / "best.ckpt")
+    history = pd.concat(run.histories, ignore_index=True) if run.histories else pd.DataFrame()
+    history.to_csv(run.out / "history.csv", index=False)
     header = {
-        "data": cfg.data.data,
-        "split": "test" if has_test else "val",
+        "data": run.cfg.data.data,
+        "split": split,
         "external": False,
-        "synthetic": synthetic,
-        "model": cfg.model.model,
-        "weights_origin": origin,
-        "final_stage": final_stage,
-        "val_threshold": threshold,
-        "val_threshold_rule": chosen,
-        "class_counts": {k: class_counts(d.samples) for k, d in decoded.items()},
-        "unreadable_skipped": [str(e) for e in errors],
+        "synthetic": run.synthetic,
+        "model": run.cfg.model.model,
+        "weights_origin": run.origin,
+        "final_stage": final,
+        "val_threshold": predictor.threshold,
+        "val_threshold_rule": predictor.threshold_rule.split(",")[0],
+        "class_counts": {k: class_counts(d.samples) for k, d in run.decoded.items()},
+        "unreadable_skipped": [str(e) for d in run.decoded.values() for e in d.errors],
         "stages": results,
     }
-    eval_split = "test" if has_test else "val"
-    metrics = write_evaluation(
-        out, scheme, logits[final_stage][eval_split], decoded[eval_split].samples, threshold, header, history,
-        points, temperature, cfg.train.bootstrap, cfg.train.seed,
+    return write_run_outputs(
+        run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
+        run.cfg.train.bootstrap, run.cfg.train.seed, lambda m: summarise(results, m, final, split, run.synthetic),
     )
-    metrics["summary"] = summarise(results, metrics, final_stage, eval_split, synthetic)
-    write_json(out / "metrics.json", metrics)
-    loaded = LoadedModel(model, scheme, size, mean, std, threshold, meta, temperature)
-    cams = cam_examples(loaded, decoded[eval_split].images, decoded[eval_split].samples, logits[final_stage][eval_split])
-    write_report(out, metrics, cfg.to_dict(), cams)
-    return metrics
 
 
 def summarise(results: dict, metrics: dict, final_stage: str, split: str, synthetic: bool) -> str:

@@ -1,0 +1,183 @@
+"""The model contract: one object with everything needed to use a trained model correctly.
+
+A Predictor holds the network, the task scheme, the preprocessing (input size, mean, std, resize rule),
+the temperature fitted on validation, and the operating points chosen on validation with the one in
+use. Every consumer (training's final decisions, evaluate, compare, predict, explain, the report) gets
+its logits and probabilities here, so they all see the same numbers: the decisions a run stores are
+taken on the forward pass that `predict` runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from torch import nn
+
+from ..data.cache import cache_size_for
+from ..data.datamodule import DecodedDataset, DecodedSplit, decode_split, make_loader
+from ..data.labels import TaskScheme
+from ..data.sources import Sample
+from ..data.transforms import eval_transform, to_model_input
+from ..errors import ChestXrayError
+from ..files import torch_load
+
+CHECKPOINT_FORMAT = "chestxray-checkpoint"
+RESIZE_RULE = (
+    "grayscale uint8 (16-bit and DICOM scaled to the full range); bilinear resize to round(img_size * 8 / 7) "
+    "square; antialiased resize to img_size square; replicated to 3 channels; (x / 255 - mean) / std"
+)
+BATCH_SIZE = 64  # one batch size everywhere: kernels chosen per batch shape could differ in the last bits
+
+
+class CheckpointError(ChestXrayError):
+    pass
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a file becomes the model's input."""
+
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = RESIZE_RULE
+
+    @property
+    def stored_side(self) -> int:
+        """Side of the decoded images the input is resized from."""
+        return cache_size_for(self.img_size)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(int(d["img_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", RESIZE_RULE))
+
+
+@dataclass
+class Predictor:
+    model: nn.Module
+    scheme: TaskScheme
+    preprocessing: Preprocessing
+    threshold: float = 0.5
+    thresholds: dict[str, float] = field(default_factory=dict)  # operating points chosen on validation
+    threshold_rule: str = "0.5"
+    temperature: float = 1.0
+    meta: dict = field(default_factory=dict)  # model name, stage, config, data, weights origin
+    checkpoint: Path | None = None  # the file it was loaded from
+
+    # --- numbers ---------------------------------------------------------------------------------
+
+    @torch.no_grad()  # not inference_mode: the logits feed temperature fitting, which needs autograd
+    def logits(self, images) -> torch.Tensor:
+        """Raw logits (before temperature) of decoded (N, S, S) uint8 images: eval mode, fp32, contiguous."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        ds = DecodedDataset(images, None, eval_transform(self.preprocessing.img_size))
+        p = self.preprocessing
+        outs = [model(to_model_input(x.to(device), p.mean, p.std, channels_last=False)).float().cpu()
+                for x, _, _ in make_loader(ds, BATCH_SIZE, train=False)]
+        model.train(was_training)
+        return torch.cat(outs) if outs else torch.zeros(0, self.scheme.num_outputs)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-output probabilities, temperature applied."""
+        return self.scheme.probabilities(logits / self.temperature)
+
+    def p_infected(self, logits: torch.Tensor) -> np.ndarray:
+        """P(infected) per image, temperature applied; float64, so that a CSV round trip is exact."""
+        return self.scheme.p_infected(logits / self.temperature).numpy().astype(np.float64)
+
+    def decide(self, p_infected: np.ndarray) -> np.ndarray:
+        return np.where(p_infected >= self.threshold, "infected", "normal")
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def decode(self, samples: list[Sample], skip_bad: bool = False, cache_dir=None, desc: str = "reading") -> DecodedSplit:
+        return decode_split(samples, self.preprocessing.img_size, skip_bad, desc, cache_dir)
+
+    def table(self, split: DecodedSplit, logits: torch.Tensor) -> pd.DataFrame:
+        """One row per image: P(infected) at full precision, the decision, and per-class probabilities."""
+        scheme = self.scheme
+        p_inf = self.p_infected(logits)
+        probs = self.probabilities(logits).numpy()
+        df = pd.DataFrame({"path": [s.path for s in split.samples], "p_infected": p_inf,
+                           "predicted": self.decide(p_inf), "threshold": self.threshold})
+        if scheme.task == "binary":
+            df[f"p_{scheme.normal_class}"] = 1 - p_inf
+        else:
+            for j, name in enumerate(scheme.output_names):
+                df[f"p_{name}"] = probs[:, j]
+        if scheme.task == "multiclass":
+            df["predicted_class"] = [scheme.classes[i] for i in probs.argmax(1)]
+        if any(s.label for s in split.samples):
+            df["label"] = [s.label or "" for s in split.samples]
+        if any(s.source for s in split.samples):
+            df["source"] = [s.source or "" for s in split.samples]
+        return df
+
+    def predict(self, samples: list[Sample], skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
+        """Predictions table for samples, and the read errors of skipped files."""
+        split = self.decode(samples, skip_bad)
+        return self.table(split, self.logits(split.images)), split.errors
+
+    @property
+    def training_data(self) -> Path:
+        """The training data's absolute path (resolved when the run was trained, not against today's directory)."""
+        return Path(self.meta.get("data_resolved") or self.meta["config"]["data"]["data"]).resolve()
+
+    # --- checkpoint ------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "format": CHECKPOINT_FORMAT,
+            "state_dict": self.model.state_dict(),
+            "scheme": self.scheme.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
+            "thresholds": self.thresholds,
+            "temperature": self.temperature,
+            **self.meta,
+        }, path)
+
+    @classmethod
+    def load(cls, run_or_ckpt: str | Path) -> "Predictor":
+        path = checkpoint_path(run_or_ckpt)
+        ckpt = torch_load(path, "chestxray checkpoint", CheckpointError)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path}: not a chestxray checkpoint (expected checkpoints/best.ckpt written by `chestxray train`)"
+            )
+        scheme = TaskScheme.from_dict(ckpt["scheme"])
+        model = timm.create_model(ckpt["timm_name"], pretrained=False, num_classes=scheme.num_outputs)
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights do not fit {ckpt['timm_name']}: {e}") from e
+        model.eval()
+        own = {"format", "state_dict", "scheme", "preprocessing", "threshold", "threshold_rule", "thresholds", "temperature"}
+        return cls(
+            model, scheme, Preprocessing.from_dict(ckpt.get("preprocessing") or ckpt),  # older checkpoints: top level
+            float(ckpt["threshold"]), dict(ckpt.get("thresholds") or {}), ckpt.get("threshold_rule", ""),
+            float(ckpt.get("temperature", 1.0)), {k: v for k, v in ckpt.items() if k not in own}, path.resolve(),
+        )
+
+
+def checkpoint_path(run_or_ckpt: str | Path) -> Path:
+    p = Path(run_or_ckpt)
+    if p.is_dir():
+        p = p / "checkpoints" / "best.ckpt"
+    if not p.exists():
+        raise CheckpointError(f"{p}: no checkpoint found (give a run directory or a best.ckpt file)")
+    return p
+
