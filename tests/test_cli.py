@@ -186,7 +186,9 @@ def test_report_is_one_self_contained_file(trained_run):
     out, _ = trained_run
     html = (out / "report.html").read_text()
     for text in ("Research tool, not a diagnostic device", "SYNTHETIC", "Caveats", "Grad-CAM", "Configuration",
-                 "best_f1", "youden", "95% bootstrap intervals", "Reliability"[:5].lower()):
+                 "best_f1", "youden", "95% bootstrap intervals", 'alt="reliability"'):
         assert text in html, text
+    ece = json.loads((out / "metrics.json").read_text())["calibration"]["ece"]
+    assert f"Expected calibration error {ece:.3f}" in html  # the figure of metrics.json, not a placeholder
     assert html.count("data:image/png;base64,") >= 6  # curves, confusion, reliability, CAM grids, embedded
     assert 'src="http' not in html and "<script" not in html  # opens offline

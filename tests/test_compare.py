@@ -42,7 +42,20 @@ def test_compare_cli(tiny_data, tmp_path):
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [row["loss"] for row in r["runs"]] == ["ce", "focal"] and r["n"] == 10
-    assert len(r["delong_vs_first"]) == 1 and 0 <= r["delong_vs_first"][0]["p_value"] <= 1
+    assert len(r["delong_vs_first"]) == 1
+    test = r["delong_vs_first"][0]
+    # DeLong's AUCs (midranks) are the table's AUCs (sklearn), and its test is of these two runs' predictions
+    assert test["auc_1"] == pytest.approx(r["runs"][0]["roc_auc"]) and test["auc_2"] == pytest.approx(r["runs"][1]["roc_auc"])
+    from chestxray.data.sources import load_samples
+    from chestxray.inference.predictor import Predictor
+
+    samples = [s for s in load_samples(tiny_data)["test"]]
+    ps = []
+    for run in runs:
+        predictor = Predictor.load(run)
+        ps.append(predictor.p_infected(predictor.logits(predictor.decode(samples).images)))
+    y = np.array([s.label != "normal" for s in samples]).astype(int)
+    assert test["p_value"] == pytest.approx(delong_test(y, ps[0], ps[1])["p_value"])
     assert (tmp_path / "cmp" / "roc_compare.png").exists() and "DeLong" in res.output
     res = runner.invoke(app, ["compare", runs[0]])
     assert res.exit_code == 2 and "at least two runs" in res.output

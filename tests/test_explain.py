@@ -11,7 +11,7 @@ from chestxray.data.sources import Sample
 from chestxray.data.synthetic import phantom
 from chestxray.inference.explain import cam_target_layer, gradcam
 from chestxray.inference.predictor import Predictor
-from chestxray.models.backbones import create_model
+from chestxray.models.backbones import REGISTRY, create_model
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def phantom_run(tmp_path_factory):
     return out / "run"
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "vgg16", "densenet121"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_target_layer_is_spatial(name):
     import torch
 

@@ -5,14 +5,14 @@ import torch
 from typer.testing import CliRunner
 
 from chestxray.cli import app
-from chestxray.models.backbones import create_model
+from chestxray.models.backbones import REGISTRY, create_model, head_prefixes
 from chestxray.models.features import extract_features, head_split
 
 COMMON = ["--stages", "head", "--img-size", "64", "--batch-size", "8", "--epochs-head", "3", "--quiet",
           "--precision", "32-true", "--seed", "5"]
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "vgg16"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_head_split_reproduces_the_model(name):
     model, _ = create_model(name, 2, pretrained=name == "efficientnet_lite0")
     torch.nn.init.normal_(model.get_classifier().weight, std=0.01)
@@ -21,6 +21,7 @@ def test_head_split_reproduces_the_model(name):
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(head(frozen(x)), model(x), atol=1e-5)
+    assert head_prefixes(model)[1:] == list(REGISTRY[name].head_extra)  # the head stage trains what the registry says
 
 
 def test_feature_views():

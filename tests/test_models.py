@@ -4,6 +4,7 @@ import torchvision
 
 from chestxray.models import backbones
 from chestxray.models.backbones import (
+    REGISTRY,
     WeightsMismatchError,
     WeightsNotFoundError,
     create_model,
@@ -86,7 +87,7 @@ def test_wrong_weights_file(tmp_path):
         create_model("resnet18", 1, weights=tmp_path / "missing.pth")
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "vgg16", "densenet121"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_registry_models_build_and_run(name):
     model, _ = create_model(name, 2, pretrained=name == "efficientnet_lite0")
     model.eval()

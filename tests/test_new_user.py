@@ -534,3 +534,30 @@ def test_14_synthetic_report_has_no_nih_caveat(relative_runs):
 def test_14_license_is_an_spdx_string():
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert meta["license"] == "Apache-2.0"
+
+
+# --- the error boundary (issue 8): the user's mistakes exit 2 in one line, bugs exit 1 with a traceback --
+
+def test_a_bug_is_not_reported_as_bad_input(monkeypatch, capsys, tiny_data, tmp_path):
+    import sys
+
+    from chestxray import cli
+    from chestxray.training import stages
+
+    def broken(*args, **kwargs):
+        raise KeyError("a library bug")
+
+    monkeypatch.setattr(stages, "train_run", broken)
+    monkeypatch.setattr(sys, "argv", ["chestxray", "train", "--data", str(tiny_data), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert "Traceback" in err and "KeyError: 'a library bug'" in err and "Please report it" in err
+    assert "error: " not in err
+    monkeypatch.setattr(sys, "argv", ["chestxray", "train", "--data", str(tiny_data), "--out", str(tmp_path / "r"),
+                                      "--img-size", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "error: --img-size must be >= 32; got 0" in err and "Traceback" not in err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .io import XrayReadError, read_xray
 
+log = logging.getLogger("chestxray")
 CHUNK = 256  # images decoded per batch of work while building (bounds memory)
 
 
@@ -113,6 +115,7 @@ class DecodedCache:
         tmp = self.dir / f".{name}.npy.tmp"
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), self.side, self.side))
         errors, ok_keys = {}, []
+        log.info("%s: decoding %d images into the cache at %s", desc, len(paths), self.dir)
         bar = tqdm(total=len(paths), desc=desc, leave=False, disable=None)  # no bar when not a terminal
         pool = ProcessPoolExecutor(workers) if workers > 1 and len(paths) >= 64 else None
         try:

@@ -12,26 +12,14 @@ from torch import nn
 
 from ..data.datamodule import DecodedDataset, make_loader
 from ..data.sources import Sample
-from ..errors import ChestXrayError
+from ..models.backbones import spec_for
 from ..data.transforms import eval_transform, to_model_input
 from .predictor import Predictor
 
 
 def cam_target_layer(model: nn.Module) -> nn.Module:
-    """The last convolutional stage of each supported backbone (where Grad-CAM keeps spatial detail)."""
-    arch = model.pretrained_cfg.get("architecture", "")
-    if "efficientnet" in arch and hasattr(model, "bn2"):
-        return model.bn2  # conv_head -> BN + activation
-    if arch.startswith("resnet"):
-        return model.layer4[-1]
-    if arch.startswith("vgg"):
-        return model.features[-2]  # the ReLU after the last conv, before the final max-pool
-    if arch.startswith("densenet"):
-        return model.features.norm5
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ChestXrayError(f"no convolutional layer for Grad-CAM in {arch}")
-    return convs[-1]
+    """The last convolutional stage of the backbone (where Grad-CAM keeps spatial detail), from its registry entry."""
+    return spec_for(model).cam_layer(model)
 
 
 def _targets(loaded: Predictor, logits: torch.Tensor):

