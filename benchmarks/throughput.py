@@ -126,6 +126,7 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
     from chestxray.data.datamodule import decode_split, make_dataset, make_loader
     from chestxray.data.labels import TaskScheme
     from chestxray.data.sources import load_samples
+    from chestxray.data.transforms import Preprocessing
     from chestxray.models.backbones import create_model, normalisation
     from chestxray.models.features import FeatureDataset, autocast_for, extract_features, head_split
     from chestxray.training.module import ClassifierModule
@@ -142,10 +143,10 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
     model, origin = create_model(model_name, 1, pretrained=model_name == "efficientnet_lite0", dropout=0.2)
     out["weights"] = origin  # resnet18 has no offline ImageNet weights here: its AUC is not meaningful
     model = model.to(memory_format=torch.channels_last)
-    mean, std = normalisation(model)
+    prep = Preprocessing(size, *normalisation(model))
     bare_forward_ips(model, size, 64, precision, batches=1)  # warm the kernels for both measurements
     t0 = time.perf_counter()
-    feats = {k: extract_features(model, d.images, size, mean, std, precision=precision) for k, d in dec.items()}
+    feats = {k: extract_features(model, d.images, prep, precision=precision) for k, d in dec.items()}
     out["extract_s"] = time.perf_counter() - t0
     n_img = sum(len(d.images) for d in dec.values())
     out["extract_ips"] = n_img / out["extract_s"]
@@ -167,11 +168,11 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
         model.eval()
         out["val_auc"] = roc_auc_score(y_val, head(feats["val"][0]).squeeze(1).numpy())
         if precision != "32-true":  # the same head on fp32 features: does the precision change the metric?
-            f32 = extract_features(model, dec["val"].images, size, mean, std, precision="32-true", channels_last=False)
+            f32 = extract_features(model, dec["val"].images, prep, precision="32-true", channels_last=False)
             out["val_auc_fp32_features"] = roc_auc_score(y_val, head(f32[0]).squeeze(1).numpy())
 
     # fine-tuning throughput: decoded cache, tensor augmentation, channels_last, autocast
-    ft = ClassifierModule(model, scheme, "finetune", TrainConfig(), mean=mean, std=std)
+    ft = ClassifierModule(model, scheme, "finetune", TrainConfig(), preprocessing=prep)
     ft.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
     loader = make_loader(make_dataset(dec["train"], scheme, size, train=True), bs, True)

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.evaluation.metrics import binary_metrics, operating_points
-from chestxray.inference.predictor import Predictor, Preprocessing
+from chestxray.data.transforms import Preprocessing
+from chestxray.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

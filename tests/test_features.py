@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.models.backbones import REGISTRY, create_model, head_prefixes
+from chestxray.data.transforms import Preprocessing
 from chestxray.models.features import extract_features, head_split
 
 COMMON = ["--stages", "head", "--img-size", "64", "--batch-size", "8", "--epochs-head", "3", "--quiet",
@@ -27,10 +28,11 @@ def test_head_split_reproduces_the_model(name):
 def test_feature_views():
     model, _ = create_model("efficientnet_lite0", 1)
     images = torch.randint(0, 255, (4, 72, 72), dtype=torch.uint8).numpy()
-    f = extract_features(model, images, 64, (0.5,) * 3, (0.5,) * 3, views=2, channels_last=False)
+    prep = Preprocessing(64, (0.5,) * 3, (0.5,) * 3)
+    f = extract_features(model, images, prep, views=2, channels_last=False)
     assert f.shape == (3, 4, 1280)
     assert not torch.allclose(f[0], f[1])  # augmented views differ from the plain one
-    again = extract_features(model, images, 64, (0.5,) * 3, (0.5,) * 3, views=0, channels_last=True)
+    again = extract_features(model, images, prep, views=0, channels_last=True)
     assert torch.allclose(again[0], f[0], atol=1e-4)
 
 

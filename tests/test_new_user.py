@@ -555,6 +555,7 @@ def test_a_bug_is_not_reported_as_bad_input(monkeypatch, capsys, tiny_data, tmp_
     assert exit_info.value.code == 1
     assert "Traceback" in err and "KeyError: 'a library bug'" in err and "Please report it" in err
     assert "error: " not in err
+    monkeypatch.undo()  # the real train_run: a bad option is the user's mistake
     monkeypatch.setattr(sys, "argv", ["chestxray", "train", "--data", str(tiny_data), "--out", str(tmp_path / "r"),
                                       "--img-size", "0"])
     with pytest.raises(SystemExit) as exit_info:

@@ -1,9 +1,21 @@
-"""Tensor transforms for grayscale X-rays: augment on uint8 tensors, then normalise as 3 channels."""
+"""Tensor transforms for grayscale X-rays: augment on uint8 tensors, then normalise as 3 channels.
+
+`Preprocessing` is the part of the model contract that says how a decoded image becomes the input.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 from torchvision.transforms import v2
+
+from .cache import cache_size_for
+
+RESIZE_RULE = (
+    "grayscale uint8 (16-bit and DICOM scaled to the full range); bilinear resize to round(img_size * 8 / 7) "
+    "square; antialiased resize to img_size square; replicated to 3 channels; (x / 255 - mean) / std"
+)
 
 
 def train_transform(img_size: int) -> v2.Compose:
@@ -35,3 +47,35 @@ def to_model_input(x: torch.Tensor, mean, std, channels_last: bool = True) -> to
     out = torch.empty((b, 3, h, w), dtype=torch.float32, device=x.device, memory_format=fmt)
     torch.sub(x.float().div_(255.0), m, out=out)
     return out.div_(s)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a file becomes the model's input."""
+
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = RESIZE_RULE
+
+    @property
+    def stored_side(self) -> int:
+        """Side of the decoded images the input is resized from."""
+        return cache_size_for(self.img_size)
+
+    def eval_transform(self) -> v2.Compose:
+        return eval_transform(self.img_size)
+
+    def train_transform(self) -> v2.Compose:
+        return train_transform(self.img_size)
+
+    def model_input(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """A uint8 batch (B, 1, S, S) -> the normalised float batch the model takes."""
+        return to_model_input(x, self.mean, self.std, channels_last)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(int(d["img_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", RESIZE_RULE))

@@ -13,7 +13,6 @@ from torch import nn
 from ..data.datamodule import DecodedDataset, make_loader
 from ..data.sources import Sample
 from ..models.backbones import spec_for
-from ..data.transforms import eval_transform, to_model_input
 from .predictor import Predictor
 
 
@@ -37,11 +36,11 @@ def gradcam(loaded: Predictor, images, batch_size: int = 16) -> tuple[np.ndarray
 
     model = loaded.model.eval()
     prep = loaded.preprocessing
-    ds = DecodedDataset(images, None, eval_transform(prep.img_size))
+    ds = DecodedDataset(images, None, prep.eval_transform())
     cams, logits, shown = [], [], []
     with GradCAM(model=model, target_layers=[cam_target_layer(model)]) as cam:
         for x8, _, _ in make_loader(ds, batch_size, train=False):
-            x = to_model_input(x8, prep.mean, prep.std, channels_last=False)
+            x = prep.model_input(x8)
             with torch.no_grad():
                 out = model(x).float()
             # gradients must reach the target layer even where the backbone is frozen (requires_grad off)

@@ -9,7 +9,7 @@ taken on the forward pass that `predict` runs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,46 +18,19 @@ import timm
 import torch
 from torch import nn
 
-from ..data.cache import cache_size_for
 from ..data.datamodule import DecodedDataset, DecodedSplit, decode_split, make_loader
 from ..data.labels import TaskScheme
 from ..data.sources import Sample
-from ..data.transforms import eval_transform, to_model_input
+from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
 from ..files import torch_load
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
-RESIZE_RULE = (
-    "grayscale uint8 (16-bit and DICOM scaled to the full range); bilinear resize to round(img_size * 8 / 7) "
-    "square; antialiased resize to img_size square; replicated to 3 channels; (x / 255 - mean) / std"
-)
 BATCH_SIZE = 64  # one batch size everywhere: kernels chosen per batch shape could differ in the last bits
 
 
 class CheckpointError(ChestXrayError):
     pass
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a file becomes the model's input."""
-
-    img_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: str = RESIZE_RULE
-
-    @property
-    def stored_side(self) -> int:
-        """Side of the decoded images the input is resized from."""
-        return cache_size_for(self.img_size)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(int(d["img_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", RESIZE_RULE))
 
 
 @dataclass
@@ -81,10 +54,9 @@ class Predictor:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        ds = DecodedDataset(images, None, eval_transform(self.preprocessing.img_size))
-        p = self.preprocessing
-        outs = [model(to_model_input(x.to(device), p.mean, p.std, channels_last=False)).float().cpu()
-                for x, _, _ in make_loader(ds, BATCH_SIZE, train=False)]
+        prep = self.preprocessing
+        ds = DecodedDataset(images, None, prep.eval_transform())
+        outs = [model(prep.model_input(x.to(device))).float().cpu() for x, _, _ in make_loader(ds, BATCH_SIZE, train=False)]
         model.train(was_training)
         return torch.cat(outs) if outs else torch.zeros(0, self.scheme.num_outputs)
 

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.datamodule import DecodedDataset, make_loader
-from ..data.transforms import eval_transform, to_model_input, train_transform
+from ..data.transforms import Preprocessing
 from .backbones import head_prefixes, is_head_param
 
 log = logging.getLogger("chestxray")
@@ -53,9 +53,7 @@ def autocast_for(precision: str, device: torch.device):
 def extract_features(
     model: nn.Module,
     images,
-    img_size: int,
-    mean,
-    std,
+    prep: Preprocessing,
     views: int = 0,
     seed: int = 0,
     batch_size: int = 64,
@@ -77,12 +75,12 @@ def extract_features(
                                                    leave=False, disable=None) as bar:
         log.info("extracting backbone features of %d images (%d view%s)", len(images), 1 + views, "s" if views else "")
         for v in range(1 + views):
-            tf = eval_transform(img_size) if v == 0 else train_transform(img_size)
+            tf = prep.eval_transform() if v == 0 else prep.train_transform()
             torch.manual_seed(seed + v)
             ds = DecodedDataset(images, None, tf)
             parts = []
             for x, _, _ in make_loader(ds, batch_size, train=False):
-                x = to_model_input(x.to(device), mean, std, channels_last)
+                x = prep.model_input(x.to(device), channels_last)
                 with autocast_for(precision, device):
                     parts.append(frozen(x).float().cpu())
                 bar.update()

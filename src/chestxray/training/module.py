@@ -10,7 +10,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Sco
 
 from ..config import TrainConfig
 from ..data.labels import TaskScheme
-from ..data.transforms import to_model_input
+from ..data.transforms import Preprocessing
 from ..models.freezing import freeze_batchnorm, param_groups, set_trainable
 from .losses import TaskLoss
 
@@ -40,13 +40,12 @@ class ClassifierModule(L.LightningModule):
         cfg: TrainConfig,
         class_weights: torch.Tensor | None = None,
         head_fn=None,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
+        preprocessing: Preprocessing | None = None,
     ):
         super().__init__()
         self.model, self.scheme, self.stage, self.cfg = model, scheme, stage, cfg
         self.head_fn = head_fn  # set: inputs are cached features, only the head runs
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.preprocessing = preprocessing  # None: batches arrive as model-ready floats
         # not a registered submodule: checkpoints hold `model.*` once, compiled or not
         self.__dict__["_net"] = torch.compile(model) if cfg.compile and head_fn is None else model
         set_trainable(model, stage, cfg.unfreeze_last)
@@ -57,7 +56,7 @@ class ClassifierModule(L.LightningModule):
         if self.head_fn is not None:
             return self.head_fn(x)
         if x.dtype == torch.uint8:  # image batches arrive as uint8; normalise on the device
-            x = to_model_input(x, self.mean, self.std, self.cfg.channels_last)
+            x = self.preprocessing.model_input(x, self.cfg.channels_last)
         elif self.cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self._net(x)

@@ -34,7 +34,8 @@ from ..data.sources import DataError, carve_validation, class_counts, discover, 
 from ..evaluation.evaluate import write_run_outputs
 from ..evaluation.metrics import binary_metrics, fit_temperature, operating_points
 from ..evaluation.summary import ci_line, summary_table
-from ..inference.predictor import Predictor, Preprocessing
+from ..data.transforms import Preprocessing
+from ..inference.predictor import Predictor
 from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
 from .losses import balanced_class_weights
@@ -143,7 +144,7 @@ def head_features(run: "Run") -> dict[str, torch.Tensor]:
     fingerprint = state_fingerprint(model)
     if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # extract on this process's GPU
-    prep, feats = run.predictor.preprocessing, {}
+    feats = {}
     for name in ("train", "val"):
         split = run.decoded[name]
         views = cfg.train.feature_views if name == "train" else 0
@@ -153,7 +154,7 @@ def head_features(run: "Run") -> dict[str, torch.Tensor]:
         feats[name] = cached_features(
             cache_dir, key,
             lambda split=split, views=views: extract_features(
-                model, split.images, cfg.data.img_size, prep.mean, prep.std, views, cfg.train.seed,
+                model, split.images, run.predictor.preprocessing, views, cfg.train.seed,
                 precision=run.precision, channels_last=cfg.train.channels_last,
             ),
         )
@@ -256,11 +257,11 @@ def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
     if on_features:
         feats = head_features(run)
         module = ClassifierModule(run.model, run.scheme, stage, cfg.train, run.class_weights,
-                                  head_fn=head_split(run.model)[1], mean=prep.mean, std=prep.std)
+                                  head_fn=head_split(run.model)[1], preprocessing=prep)
         data = StageData(FeatureDataset(feats["train"], targets["train"]), FeatureDataset(feats["val"], targets["val"]),
                          bs, 0, cfg.train.seed)
         return module, data
-    module = ClassifierModule(run.model, run.scheme, stage, cfg.train, run.class_weights, mean=prep.mean, std=prep.std)
+    module = ClassifierModule(run.model, run.scheme, stage, cfg.train, run.class_weights, preprocessing=prep)
     augment = stage == "finetune" or cfg.train.head_augment
     train_ds = make_dataset(run.decoded["train"], run.scheme, size, train=augment)
     val_ds = make_dataset(run.decoded["val"], run.scheme, size, train=False)
