@@ -75,8 +75,6 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-
-
 def config_options(command):
     """Give a Typer command one --option per config field (help, allowed values and default from the
     field's declaration in config.py); the command receives those that were given as `overrides`."""
