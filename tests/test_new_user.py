@@ -10,7 +10,6 @@ import struct
 import tomllib
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
