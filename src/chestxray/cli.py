@@ -166,6 +166,10 @@ def evaluate(
     typer.echo(ci_line(metrics))
     cal = metrics["calibration"]
     typer.echo(f"ECE {cal['ece']:.3f}" + (f" (temperature {cal['temperature']:.2f}; before scaling {cal['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in cal else ""))
+    if metrics.get("out_of_distribution"):
+        from .evaluation.report import ood_line
+
+        typer.echo(ood_line(metrics["out_of_distribution"]))
     typer.echo(f"\nwritten: {outdir}/metrics.json, {outdir}/report.html and {outdir}/plots/")
 
 
@@ -214,13 +218,18 @@ def predict(
         typer.echo(f"skipped: {e}", err=True)
     shown = df.head(SCREENFUL)
     width = min(60, max(len(p) for p in shown["path"]))
-    lines = [f"{'P(infected)':>11s}  {'threshold':>9s}  {'predicted':9s}  path"]
-    lines += [f"{r.p_infected:11.3f}  {r.threshold:9.3f}  {r.predicted:9s}  {_tail(r.path, width)}" for r in shown.itertuples()]
+    ood = "out_of_distribution" in df
+    lines = [f"{'P(infected)':>11s}  {'threshold':>9s}  {'predicted':9s}  {'unlike training' if ood else ''}  path"]
+    lines += [f"{r.p_infected:11.3f}  {r.threshold:9.3f}  {r.predicted:9s}  "
+              f"{('YES' if r.out_of_distribution else 'no').ljust(15) if ood else ''}  {_tail(r.path, width)}" for r in shown.itertuples()]
     if len(df) > SCREENFUL:
         lines.append(f"... and {len(df) - SCREENFUL} more" + ("" if to_stdout else f" (all in {out})"))
     n_inf = int((df["predicted"] == "infected").sum())
     lines.append(f"{len(df)} image{'s' if len(df) != 1 else ''}: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {predictor.threshold:.3f}, "
                  f"{predictor.threshold_rule or 'chosen on validation'}). Research tool, not a diagnostic device.")
+    if ood and df["out_of_distribution"].any():
+        lines.append(f"{int(df['out_of_distribution'].sum())} image(s) are unlike the training data: the model's output "
+                     "there is not supported by its validation figures.")
     if not to_stdout:
         lines.append(f"written: {out}")
     typer.echo("\n".join(lines), err=to_stdout)

@@ -70,6 +70,23 @@ def evaluate_logits(predictor: Predictor, logits: torch.Tensor, samples: list[Sa
     return out
 
 
+def ood_summary(predictor: Predictor, y: np.ndarray, p: np.ndarray, features: torch.Tensor) -> dict:
+    """How many images are unlike the training data, and the metrics of the rest."""
+    scores = predictor.ood_scores(features)
+    flagged = predictor.ood.flag(scores)
+    keep = ~flagged
+    return {
+        "method": "Mahalanobis distance of pooled backbone features to the training images",
+        "threshold": predictor.ood.threshold,
+        "quantile_of_validation": predictor.ood.quantile,
+        "n": int(len(flagged)),
+        "n_flagged": int(flagged.sum()),
+        "fraction_flagged": float(flagged.mean()) if len(flagged) else 0.0,
+        "median_score": float(np.median(scores)) if len(scores) else None,
+        "in_distribution": binary_metrics(y[keep], p[keep], predictor.threshold) if keep.any() else None,
+    }
+
+
 def write_run_outputs(
     outdir: Path,
     predictor: Predictor,
@@ -80,11 +97,12 @@ def write_run_outputs(
     n_boot: int = 1000,
     seed: int = 0,
     summarise: Callable[[dict], str] | None = None,
+    features: torch.Tensor | None = None,
 ) -> dict:
     """metrics.json, plots/ and report.html of one split under `outdir`; return the metrics.
 
-    `logits` are the predictor's raw logits on `split` (computed once by the caller); `summarise`, when
-    given, adds the terminal summary to the metrics.
+    `logits` and `features` are the predictor's outputs on `split` (computed once by the caller);
+    `summarise`, when given, adds the terminal summary to the metrics.
     """
     outdir.mkdir(parents=True, exist_ok=True)
     plot_dir = outdir / "plots"
@@ -95,6 +113,8 @@ def write_run_outputs(
                **evaluate_logits(predictor, logits, split.samples, n_boot, seed)}
     y = np.array([predictor.scheme.is_infected(s.label) for s in split.samples])
     p = predictor.p_infected(logits)
+    if features is not None and predictor.ood is not None:
+        metrics["out_of_distribution"] = ood_summary(predictor, y, p, features)
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.get('split', '')} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)
     cm = metrics["binary"]["at_val_threshold"]["confusion_matrix"]
@@ -125,7 +145,7 @@ def evaluate_run(
     if unknown:
         raise DataError(f"{data}: labels {unknown} in split '{split}' are not among the model's classes {list(predictor.scheme.classes)}")
     decoded = predictor.decode(samples, skip_bad, desc=f"reading {split}")
-    logits = predictor.logits(decoded.images)
+    logits, features = predictor.forward(decoded.images)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
     # the same files in another form (folder vs its manifest) still count as the training data
     roots = {p if p.is_dir() else p.parent for p in (predictor.training_data, Path(data).resolve())}
@@ -142,4 +162,4 @@ def evaluate_run(
         "unreadable_skipped": [str(e) for e in decoded.errors],
     }
     history = pd.read_csv(history_path) if history_path.exists() else None
-    return write_run_outputs(out, predictor, decoded, logits, header, history, n_boot, seed), out
+    return write_run_outputs(out, predictor, decoded, logits, header, history, n_boot, seed, features=features), out

@@ -56,6 +56,38 @@ def metrics_table(binary: dict, thresholds: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def ood_line(ood: dict) -> str:
+    """One sentence on the images unlike the training data (terminal and report)."""
+    text = (f"{ood['n_flagged']} of {ood['n']} images "
+            f"({100 * ood['fraction_flagged']:.1f}%) are unlike the training data (score above the "
+            f"{100 * ood['quantile_of_validation']:g}th percentile of validation images)")
+    m = ood.get("in_distribution")
+    if m:
+        text += (f"; on the other {m['n']}: ROC-AUC {_v(m['roc_auc'])}, sensitivity {_v(m['sensitivity'])}, "
+                 f"specificity {_v(m['specificity'])} at the validation threshold")
+    return text + "."
+
+
+def ood_section(ood: dict | None) -> list[str]:
+    if not ood:
+        return []
+    cls = "warn" if ood["fraction_flagged"] > 0.1 else ""
+    return ["<h3>Images unlike the training data</h3>",
+            f'<p class="{cls}">{html.escape(ood_line(ood))} A flagged image is outside what the validation '
+            "figures support; the model's output there is not evidence of anything.</p>"]
+
+
+def audit_section(audit: dict | None) -> list[str]:
+    if not audit:
+        return []
+    rows = ["<tr><th>images shown to the model</th><th>ROC-AUC</th><th>95% CI</th></tr>"]
+    for name, r in audit["conditions"].items():
+        ci = r.get("roc_auc_ci95") or [None, None]
+        rows.append(f"<tr><td>{html.escape(r['description'])}</td><td>{_v(r['roc_auc'])}</td><td>[{_v(ci[0])}, {_v(ci[1])}]</td></tr>")
+    return ["<h3>Shortcut audit</h3>", "<table>" + "".join(rows) + "</table>",
+            f'<p class="{"warn" if audit["shortcut_suspected"] else ""}">{html.escape(audit["verdict"])}</p>']
+
+
 def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pngs: list[tuple[bytes, str]] = ()) -> Path:
     plots = outdir / "plots"
     synthetic = metrics.get("synthetic")
@@ -108,6 +140,8 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
         if "ece_uncalibrated" in cal:
             line += f" after temperature scaling (T = {cal['temperature']:.2f}, fitted on validation); {cal['ece_uncalibrated']:.3f} before"
         parts.append(f"<p>{line}.</p>")
+    parts += ood_section(metrics.get("out_of_distribution"))
+    parts += audit_section(metrics.get("audit"))
 
     parts.append("<h2>Curves</h2><div class='grid'>")
     for name in ("learning_curves", "roc", "pr", "confusion", "reliability", "confusion_multiclass"):

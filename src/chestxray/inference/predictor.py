@@ -24,6 +24,7 @@ from ..data.sources import Sample
 from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
 from ..files import torch_load
+from .ood import FeatureDensity
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
 BATCH_SIZE = 64  # one batch size everywhere: kernels chosen per batch shape could differ in the last bits
@@ -44,21 +45,38 @@ class Predictor:
     temperature: float = 1.0
     meta: dict = field(default_factory=dict)  # model name, stage, config, data, weights origin
     checkpoint: Path | None = None  # the file it was loaded from
+    ood: FeatureDensity | None = None  # how unlike the training images an image is (fitted at the end of training)
 
     # --- numbers ---------------------------------------------------------------------------------
 
     @torch.no_grad()  # not inference_mode: the logits feed temperature fitting, which needs autograd
-    def logits(self, images) -> torch.Tensor:
-        """Raw logits (before temperature) of decoded (N, S, S) uint8 images: eval mode, fp32, contiguous."""
+    def forward(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw logits before temperature, pooled backbone features) of decoded (N, S, S) uint8 images.
+
+        Eval mode, fp32, contiguous memory, one batch size: the same numbers wherever it runs on one device.
+        """
         model = self.model
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         prep = self.preprocessing
         ds = DecodedDataset(images, None, prep.eval_transform())
-        outs = [model(prep.model_input(x.to(device))).float().cpu() for x, _, _ in make_loader(ds, BATCH_SIZE, train=False)]
+        logits, feats = [], []
+        for x, _, _ in make_loader(ds, BATCH_SIZE, train=False):
+            spatial = model.forward_features(prep.model_input(x.to(device)))
+            feats.append(model.forward_head(spatial, pre_logits=True).flatten(1).float().cpu())
+            logits.append(model.forward_head(spatial).float().cpu())
         model.train(was_training)
-        return torch.cat(outs) if outs else torch.zeros(0, self.scheme.num_outputs)
+        if not logits:
+            return torch.zeros(0, self.scheme.num_outputs), torch.zeros(0, 0)
+        return torch.cat(logits), torch.cat(feats)
+
+    def logits(self, images) -> torch.Tensor:
+        return self.forward(images)[0]
+
+    def ood_scores(self, features: torch.Tensor) -> np.ndarray | None:
+        """Distance of each image's features from the training images (None without a fitted density)."""
+        return None if self.ood is None else self.ood.score(features.numpy())
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-output probabilities, temperature applied."""
@@ -76,8 +94,9 @@ class Predictor:
     def decode(self, samples: list[Sample], skip_bad: bool = False, cache_dir=None, desc: str = "reading") -> DecodedSplit:
         return decode_split(samples, self.preprocessing.img_size, skip_bad, desc, cache_dir)
 
-    def table(self, split: DecodedSplit, logits: torch.Tensor) -> pd.DataFrame:
-        """One row per image: P(infected) at full precision, the decision, and per-class probabilities."""
+    def table(self, split: DecodedSplit, logits: torch.Tensor, features: torch.Tensor | None = None) -> pd.DataFrame:
+        """One row per image: P(infected) at full precision, the decision, per-class probabilities, and
+        (given the features) how unlike the training images it is."""
         scheme = self.scheme
         p_inf = self.p_infected(logits)
         probs = self.probabilities(logits).numpy()
@@ -90,6 +109,10 @@ class Predictor:
                 df[f"p_{name}"] = probs[:, j]
         if scheme.task == "multiclass":
             df["predicted_class"] = [scheme.classes[i] for i in probs.argmax(1)]
+        if features is not None and self.ood is not None:
+            scores = self.ood.score(features.numpy())
+            df["ood_score"] = scores
+            df["out_of_distribution"] = self.ood.flag(scores)
         if any(s.label for s in split.samples):
             df["label"] = [s.label or "" for s in split.samples]
         if any(s.source for s in split.samples):
@@ -99,7 +122,7 @@ class Predictor:
     def predict(self, samples: list[Sample], skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
         """Predictions table for samples, and the read errors of skipped files."""
         split = self.decode(samples, skip_bad)
-        return self.table(split, self.logits(split.images)), split.errors
+        return self.table(split, *self.forward(split.images)), split.errors
 
     @property
     def training_data(self) -> Path:
@@ -119,6 +142,7 @@ class Predictor:
             "threshold_rule": self.threshold_rule,
             "thresholds": self.thresholds,
             "temperature": self.temperature,
+            **({"ood": self.ood.to_dict()} if self.ood is not None else {}),
             **self.meta,
         }, path)
 
@@ -137,11 +161,12 @@ class Predictor:
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit {ckpt['timm_name']}: {e}") from e
         model.eval()
-        own = {"format", "state_dict", "scheme", "preprocessing", "threshold", "threshold_rule", "thresholds", "temperature"}
+        own = {"format", "state_dict", "scheme", "preprocessing", "threshold", "threshold_rule", "thresholds", "temperature", "ood"}
         return cls(
             model, scheme, Preprocessing.from_dict(ckpt.get("preprocessing") or ckpt),  # older checkpoints: top level
             float(ckpt["threshold"]), dict(ckpt.get("thresholds") or {}), ckpt.get("threshold_rule", ""),
             float(ckpt.get("temperature", 1.0)), {k: v for k, v in ckpt.items() if k not in own}, path.resolve(),
+            FeatureDensity.from_dict(ckpt["ood"]) if ckpt.get("ood") else None,
         )
 
 

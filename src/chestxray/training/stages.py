@@ -35,6 +35,7 @@ from ..evaluation.evaluate import write_run_outputs
 from ..evaluation.metrics import binary_metrics, fit_temperature, operating_points
 from ..evaluation.summary import ci_line, summary_table
 from ..data.transforms import Preprocessing
+from ..inference.ood import FeatureDensity
 from ..inference.predictor import Predictor
 from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
@@ -178,6 +179,7 @@ class Run:
     class_weights: torch.Tensor | None = None
     states: dict[str, dict] = field(default_factory=dict)  # stage -> its best weights
     logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> logits
+    features: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> pooled features
     histories: list[pd.DataFrame] = field(default_factory=list)
 
     @property
@@ -317,7 +319,9 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
     run.states[stage] = copy.deepcopy(run.model.state_dict())
     hist = read_history(run.out / "logs", stage, sum(len(h) for h in run.histories))
     run.histories.append(hist)
-    run.logits[stage] = {k: run.predictor.logits(run.decoded[k].images) for k in ("val", "test") if k in run.decoded}
+    outputs = {k: run.predictor.forward(run.decoded[k].images) for k in ("val", "test") if k in run.decoded}
+    run.logits[stage] = {k: v[0] for k, v in outputs.items()}
+    run.features[stage] = {k: v[1] for k, v in outputs.items()}
     val_loss = float(module.criterion(run.logits[stage]["val"], run.targets("val")))
     val_m = binary_metrics(run.infected("val"), run.scheme.p_infected(run.logits[stage]["val"]).numpy(), 0.5)
     res = {"val": val_m, "val_loss": val_loss, "score": _score(run.cfg.train.monitor, val_m, val_loss), "epochs_run": len(hist)}
@@ -337,6 +341,8 @@ def choose_final_model(run: Run, results: dict) -> None:
     chosen = choose_point(points, cfg.train.operating_point)
     predictor.threshold, predictor.thresholds = points[chosen], points
     predictor.threshold_rule = f"{chosen}, chosen on validation"
+    train_features = predictor.forward(run.decoded["train"].images)[1]
+    predictor.ood = FeatureDensity.fit(train_features.numpy(), run.features[final]["val"].numpy(), cfg.train.ood_quantile)
     predictor.meta = {
         "model_name": cfg.model.model,
         "timm_name": get_spec(cfg.model.model).timm_name,
@@ -371,6 +377,7 @@ def finalise_run(run: Run, results: dict) -> dict:
     return write_run_outputs(
         run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
         run.cfg.train.bootstrap, run.cfg.train.seed, lambda m: summarise(results, m, final, split, run.synthetic),
+        run.features[final][split],
     )
 
 

@@ -1,0 +1,75 @@
+"""Beyond the training hospital: the out-of-distribution flag, the shortcut audit, site recalibration."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from chestxray.cli import app
+from chestxray.inference.ood import FeatureDensity
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "run"
+    res = invoke("train", "--data", tiny_data, "--out", out, "--img-size", "64", "--batch-size", "16",
+                 "--stages", "head", "--epochs-head", "3", "--bootstrap", "50", "--quiet")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def foreign_data(tiny_data, tmp_path_factory):
+    """The test images of another 'site': inverted and blurred phantoms, labels kept."""
+    root = tmp_path_factory.mktemp("foreign")
+    for src in (tiny_data / "test").rglob("*.png"):
+        dst = root / src.parent.name / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        arr = 255 - np.asarray(Image.open(src))
+        Image.fromarray(arr).resize((48, 48)).resize((96, 96)).save(dst)
+    return root
+
+
+def test_density_flags_shifted_features():
+    rng = np.random.default_rng(0)
+    cov = np.diag(np.linspace(3, 0.1, 40))
+    train = rng.multivariate_normal(np.zeros(40), cov, 500)
+    val = rng.multivariate_normal(np.zeros(40), cov, 300)
+    density = FeatureDensity.fit(train, val, quantile=0.95, max_components=16)
+    same = rng.multivariate_normal(np.zeros(40), cov, 1000)
+    shifted = rng.multivariate_normal(np.full(40, 1.5), cov, 1000)
+    assert 0.01 < density.flag(density.score(same)).mean() < 0.12  # about 5% by construction
+    assert density.flag(density.score(shifted)).mean() > 0.9
+    back = FeatureDensity.from_dict(density.to_dict())
+    assert np.allclose(back.score(shifted[:5]), density.score(shifted[:5]), rtol=1e-4) and back.threshold == density.threshold
+
+
+def test_ood_is_stored_and_reported(run, tiny_data, foreign_data, tmp_path):
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["ood"]["threshold"] > 0 and ckpt["ood"]["quantile"] == 0.99
+    m = json.loads((run / "metrics.json").read_text())
+    own = m["out_of_distribution"]
+    res = invoke("evaluate", run, "--data", foreign_data, "--out", tmp_path / "ev", "--bootstrap", "0")
+    assert res.exit_code == 0, res.output
+    other = json.loads((tmp_path / "ev" / "metrics.json").read_text())["out_of_distribution"]
+    assert other["fraction_flagged"] >= 0.8 and other["fraction_flagged"] > own["fraction_flagged"] + 0.5
+    assert "are unlike the training data" in res.output
+    assert "Images unlike the training data" in (tmp_path / "ev" / "report.html").read_text()
+    res = invoke("predict", run, foreign_data / "normal", tiny_data / "test" / "normal", "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert {"ood_score", "out_of_distribution"} <= set(p.columns)
+    foreign = p["path"].str.startswith(str(foreign_data))
+    assert p.loc[foreign, "out_of_distribution"].mean() > p.loc[~foreign, "out_of_distribution"].mean()
+    assert (p["out_of_distribution"] == (p["ood_score"] > ckpt["ood"]["threshold"])).all()
