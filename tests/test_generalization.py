@@ -73,3 +73,46 @@ def test_ood_is_stored_and_reported(run, tiny_data, foreign_data, tmp_path):
     foreign = p["path"].str.startswith(str(foreign_data))
     assert p.loc[foreign, "out_of_distribution"].mean() > p.loc[~foreign, "out_of_distribution"].mean()
     assert (p["out_of_distribution"] == (p["ood_score"] > ckpt["ood"]["threshold"])).all()
+
+
+def test_masks_cover_the_lungs_and_the_borders():
+    from chestxray.evaluation.audit import border_mask, lung_mask, masked
+
+    lungs, border = lung_mask(100), border_mask(100)
+    assert lungs[47, 30] and lungs[47, 70] and not lungs[47, 50] and not lungs[5, 5]  # two fields, mediastinum between
+    assert 0.2 < lungs.mean() < 0.4 and not (lungs & border).any()
+    images = np.stack([np.full((100, 100), 7, np.uint8), np.arange(10000).reshape(100, 100).astype(np.uint8)])
+    images[0, :60] = 200  # median 200 for the first image
+    out = masked(images, border)
+    assert (out[0][border] == np.median(images[0])).all() and (out[1][~border] == images[1][~border]).all()
+
+
+@pytest.fixture(scope="module")
+def marked_data(tiny_data, tmp_path_factory):
+    """Phantoms whose infected images carry a bright marker in a corner: a shortcut outside the lungs."""
+    root = tmp_path_factory.mktemp("marked")
+    shutil.copytree(tiny_data, root / "d")
+    for path in (root / "d").rglob("*.png"):
+        if path.parent.name in ("covid", "pneumonia"):
+            arr = np.asarray(Image.open(path)).copy()
+            arr[:12, :12] = 255
+            Image.fromarray(arr).save(path)
+    return root / "d"
+
+
+def test_audit_finds_a_corner_marker_shortcut(marked_data, run, tiny_data, tmp_path):
+    res = invoke("train", "--data", marked_data, "--out", tmp_path / "marked", "--img-size", "64", "--batch-size", "16",
+                 "--stages", "head", "--epochs-head", "3", "--bootstrap", "0", "--quiet")
+    assert res.exit_code == 0, res.output
+    report = (tmp_path / "marked" / "report.html").read_text()
+    assert "Shortcut audit" in report
+    marked = json.loads((tmp_path / "marked" / "metrics.json").read_text())["audit"]
+    assert marked["shortcut_suspected"] and "Shortcut suspected" in marked["verdict"]
+    assert marked["conditions"]["lungs_hidden"]["roc_auc"] >= 0.9
+    assert marked["conditions"]["borders_hidden"]["roc_auc"] < marked["conditions"]["original"]["roc_auc"]
+    res = invoke("audit", run, "--data", tiny_data, "--out", tmp_path / "clean", "--bootstrap", "50")
+    assert res.exit_code == 0, res.output
+    clean = json.loads((tmp_path / "clean" / "audit.json").read_text())
+    assert set(clean["conditions"]) == {"original", "lungs_hidden", "lungs_only", "borders_hidden"}
+    assert clean["conditions"]["lungs_hidden"]["roc_auc"] < marked["conditions"]["lungs_hidden"]["roc_auc"]
+    assert "lung fields hidden" in res.output and "ROC-AUC" in res.output

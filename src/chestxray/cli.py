@@ -144,13 +144,14 @@ def evaluate(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for 95% intervals (0: none)."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
+    audit: bool = typer.Option(False, "--audit", help="Add the shortcut audit (three more passes over the images)."),
 ):
     """Metrics with 95% intervals at 0.5 and at each validation operating point, calibration, per source, plots."""
     from .evaluation.evaluate import evaluate_run
     from .evaluation.summary import ci_line, summary_table
 
     try:
-        metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed)
+        metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit)
     except ChestXrayError as e:
         _fail(e)
     split = metrics["split"]
@@ -170,7 +171,48 @@ def evaluate(
         from .evaluation.report import ood_line
 
         typer.echo(ood_line(metrics["out_of_distribution"]))
+    if metrics.get("audit"):
+        _print_audit(metrics["audit"])
     typer.echo(f"\nwritten: {outdir}/metrics.json, {outdir}/report.html and {outdir}/plots/")
+
+
+def _print_audit(result: dict) -> None:
+    typer.echo(f"\nshortcut audit ({result['n']} images, {result['n_infected']} infected):")
+    for r in result["conditions"].values():
+        ci = r["roc_auc_ci95"] or [None, None]
+        auc = "n/a" if r["roc_auc"] is None else f"{r['roc_auc']:.3f}"
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""
+        typer.echo(f"  {r['description']:52s} ROC-AUC {auc}{interval}")
+    typer.echo(result["verdict"])
+
+
+@app.command(cls=_Command)
+def audit(
+    run: Path = RUN_ARG,
+    data: str = typer.Option(..., help="ImageFolder root or CSV manifest."),
+    split: Optional[str] = typer.Option(None, help="Split to audit.  [default: test; all images where the data has no splits]"),
+    out: Optional[Path] = typer.Option(None, help="Where audit.json goes.  [default: RUN/audit/<data>-<split>]"),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+):
+    """Shortcut audit: ROC-AUC with the lung fields hidden, with only the lungs kept, and with the borders hidden."""
+    import json
+
+    from .data.sources import evaluation_samples
+    from .evaluation.audit import audit as run_audit
+    from .inference.predictor import Predictor
+
+    try:
+        predictor = Predictor.load(run)
+        name, samples = evaluation_samples(data, split)
+        result = run_audit(predictor, predictor.decode(samples, skip_bad), bootstrap)
+    except ChestXrayError as e:
+        _fail(e)
+    out = out or (run if run.is_dir() else run.parent.parent) / "audit" / f"{Path(data).stem}-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps({"data": str(data), "split": name, **result}, indent=2))
+    _print_audit(result)
+    typer.echo(f"written: {out / 'audit.json'}")
 
 
 SCREENFUL = 20  # predictions shown on the terminal; the file has them all

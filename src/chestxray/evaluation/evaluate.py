@@ -16,6 +16,7 @@ from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic
 from ..inference.explain import cam_examples
 from ..inference.predictor import Predictor
 from . import plots
+from .audit import audit
 from .metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -98,6 +99,7 @@ def write_run_outputs(
     seed: int = 0,
     summarise: Callable[[dict], str] | None = None,
     features: torch.Tensor | None = None,
+    with_audit: bool = False,
 ) -> dict:
     """metrics.json, plots/ and report.html of one split under `outdir`; return the metrics.
 
@@ -115,6 +117,8 @@ def write_run_outputs(
     p = predictor.p_infected(logits)
     if features is not None and predictor.ood is not None:
         metrics["out_of_distribution"] = ood_summary(predictor, y, p, features)
+    if with_audit:
+        metrics["audit"] = audit(predictor, split, n_boot, seed)
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.get('split', '')} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)
     cm = metrics["binary"]["at_val_threshold"]["confusion_matrix"]
@@ -133,7 +137,7 @@ def write_run_outputs(
 
 def evaluate_run(
     run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None, skip_bad: bool = False,
-    n_boot: int = 1000, seed: int = 0,
+    n_boot: int = 1000, seed: int = 0, with_audit: bool = False,
 ) -> tuple[dict, Path]:
     """Evaluate a trained run on `split` of `data` (the training data or another dataset).
 
@@ -162,4 +166,6 @@ def evaluate_run(
         "unreadable_skipped": [str(e) for e in decoded.errors],
     }
     history = pd.read_csv(history_path) if history_path.exists() else None
-    return write_run_outputs(out, predictor, decoded, logits, header, history, n_boot, seed, features=features), out
+    metrics = write_run_outputs(out, predictor, decoded, logits, header, history, n_boot, seed, features=features,
+                                with_audit=with_audit)
+    return metrics, out

@@ -33,13 +33,15 @@ class FeatureDensity:
 
         train = np.asarray(train, dtype=np.float64)
         mean = train.mean(0)
-        k = max(1, min(max_components, train.shape[0] - 1, train.shape[1]))
+        # at most half as many components as images, so that the residual is estimated on the training images too
+        k = max(1, min(max_components, (train.shape[0] - 1) // 2, train.shape[1] - 1))
         _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
         components = vt[:k]
         z = (train - mean) @ components.T
         cov = LedoitWolf().fit(z).covariance_
         residual = ((train - mean) - z @ components) ** 2
-        residual_var = float(residual.sum(1).mean() / max(1, train.shape[1] - k)) or 1e-12
+        total_var = float(((train - mean) ** 2).sum(1).mean() / train.shape[1])
+        residual_var = max(float(residual.sum(1).mean() / max(1, train.shape[1] - k)), 1e-6 * total_var, 1e-12)
         density = cls(mean, components, np.linalg.inv(cov), residual_var, 0.0, quantile)
         density.threshold = float(np.quantile(density.score(val), quantile))
         return density

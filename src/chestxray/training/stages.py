@@ -377,7 +377,7 @@ def finalise_run(run: Run, results: dict) -> dict:
     return write_run_outputs(
         run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
         run.cfg.train.bootstrap, run.cfg.train.seed, lambda m: summarise(results, m, final, split, run.synthetic),
-        run.features[final][split],
+        run.features[final][split], with_audit=True,
     )
 
 
