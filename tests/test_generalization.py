@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from chestxray.cli import app
+from chestxray.data.sources import Sample
 from chestxray.inference.ood import FeatureDensity
 
 runner = CliRunner()
@@ -116,3 +117,47 @@ def test_audit_finds_a_corner_marker_shortcut(marked_data, run, tiny_data, tmp_p
     assert set(clean["conditions"]) == {"original", "lungs_hidden", "lungs_only", "borders_hidden"}
     assert clean["conditions"]["lungs_hidden"]["roc_auc"] < marked["conditions"]["lungs_hidden"]["roc_auc"]
     assert "lung fields hidden" in res.output and "ROC-AUC" in res.output
+
+
+@pytest.fixture(scope="module")
+def foreign_site(tiny_data, tmp_path_factory):
+    """All labelled phantoms as another site would take them: inverted and blurred, in class folders only."""
+    root = tmp_path_factory.mktemp("site")
+    for src in tiny_data.glob("*/*/*.png"):
+        if src.parts[-3] in ("train", "val", "test"):
+            dst = root / src.parent.name / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(255 - np.asarray(Image.open(src))).resize((48, 48)).resize((96, 96)).save(dst)
+    return root
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_adapt_makes_a_complete_run_recalibrated_on_the_site(run, foreign_site, tmp_path, head):
+    from chestxray.evaluation.metrics import operating_points
+    from chestxray.inference.predictor import Predictor
+
+    out = tmp_path / "adapted"
+    res = invoke("adapt", run, "--data", foreign_site, "--out", out, "--n", "20", "--bootstrap", "50", *(["--head"] if head else []))
+    assert res.exit_code == 0, res.output
+    assert "before ROC-AUC" in res.output and "after  ROC-AUC" in res.output
+    r = json.loads((out / "adapt.json").read_text())
+    assert r["n_adaptation"] + r["n_heldout"] == 48 and r["before"]["n"] == r["after"]["n"] == r["n_heldout"]
+    for f in ("checkpoints/best.ckpt", "metrics.json", "report.html", "split.csv", "config.yaml"):
+        assert (out / f).exists(), f
+    split = pd.read_csv(out / "split.csv")
+    adapt_rows, held_rows = split[split.split == "adaptation"], split[split.split == "heldout"]
+    assert len(adapt_rows) == 20 and not set(adapt_rows.path) & set(held_rows.path)
+    old, new = Predictor.load(run), Predictor.load(out)
+    assert new.meta["adaptation"]["n"] == 20 and new.meta["adapted_from"].endswith("best.ckpt")
+    assert torch.equal(old.model.get_classifier().weight, new.model.get_classifier().weight) != head
+    # the new threshold is the old rule (best F1) on the adaptation images, through predict's forward pass
+    table, _ = new.predict([Sample(p, lab) for p, lab in zip(adapt_rows.path, adapt_rows.label)])
+    y = (table["label"] != "normal").astype(int).to_numpy()
+    assert operating_points(y, table["p_infected"].to_numpy())["best_f1"] == pytest.approx(new.threshold, abs=1e-6)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "heldout" and metrics["binary"]["at_0.5"]["n"] == r["n_heldout"]
+
+
+def test_adapt_needs_enough_images(run, foreign_site, tmp_path):
+    res = invoke("adapt", run, "--data", foreign_site, "--out", tmp_path / "x", "--n", "48")
+    assert res.exit_code == 2 and "--n 48" in res.output

@@ -215,6 +215,38 @@ def audit(
     typer.echo(f"written: {out / 'audit.json'}")
 
 
+@app.command(cls=_Command)
+def adapt(
+    run: Path = RUN_ARG,
+    data: str = typer.Option(..., help="Labelled images of the new site (ImageFolder root or CSV manifest; every split is used)."),
+    out: Path = typer.Option(..., help="Run directory to create for the adapted model."),
+    n: int = typer.Option(100, "--n", help="Labelled images of the site used to recalibrate; the rest evaluate."),
+    head: bool = typer.Option(False, "--head", help="Also retrain the classification layer on the site images' frozen features."),
+    seed: int = typer.Option(0, help="Seed of the patient-level, stratified choice of the n images."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+):
+    """Recalibrate a model for a new site: temperature and threshold (and with --head the classifier) from n labelled images."""
+    from .training.adapt import adapt_run
+
+    try:
+        r = adapt_run(run, data, out, n, head, seed, bootstrap, skip_bad)
+    except ChestXrayError as e:
+        _fail(e)
+    typer.echo(f"adapted on {r['n_adaptation']} images of {data}; evaluated on the other {r['n_heldout']} "
+               f"(threshold {r['threshold_before']:.3f} -> {r['threshold_after']:.3f}, temperature {r['temperature_after']:.2f})")
+    for name in ("before", "after"):
+        m = r[name]
+        ci = m.get("ci95") or {}
+
+        def fmt(k):
+            c = ci.get(k)
+            return f"{m[k]:.3f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c and c[0] is not None else "") if m[k] is not None else "n/a"
+
+        typer.echo(f"  {name:6s} ROC-AUC {fmt('roc_auc')}  sensitivity {fmt('sensitivity')}  specificity {fmt('specificity')}")
+    typer.echo(f"run directory: {out}  (adapt.json, metrics.json, report.html, checkpoints/best.ckpt)")
+
+
 SCREENFUL = 20  # predictions shown on the terminal; the file has them all
 
 

@@ -1,0 +1,147 @@
+"""Recalibrate a trained model for a new site with a small labelled sample from it.
+
+A model's probabilities and its threshold were fitted on its training hospital's validation images;
+at another site the same threshold can call every normal image infected. `adapt` takes `n` labelled
+images of the new site (patient-level, stratified), refits the temperature and the operating point on
+them (and with `head`, the classification layer on their frozen features), and reports before and after
+on the rest of the site's images, which it never saw. The result is a complete run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.sources import DataError, Sample, carve_validation, discover, is_synthetic
+from ..errors import ChestXrayError
+from ..evaluation.evaluate import write_json, write_run_outputs
+from ..evaluation.metrics import binary_metrics, bootstrap_ci, fit_temperature, operating_points
+from ..inference.predictor import Predictor, checkpoint_path
+from .losses import TaskLoss, balanced_class_weights
+from .stages import choose_point
+
+
+@dataclass
+class SiteData:
+    """Every labelled image of the site with the model's outputs on it (computed once)."""
+
+    samples: list[Sample]
+    images: object
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+def split_site(samples: list[Sample], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (the n adaptation images, the held-back rest): patient-level and stratified."""
+    if not 4 <= n < len(samples):
+        raise ChestXrayError(f"--n {n}: need at least 4 adaptation images and some left to evaluate on ({len(samples)} labelled)")
+    index = {s.path: i for i, s in enumerate(samples)}
+    rest, chosen = carve_validation(samples, n / len(samples), seed)
+    return np.array([index[s.path] for s in chosen]), np.array([index[s.path] for s in rest])
+
+
+def refit_head(predictor: Predictor, features: torch.Tensor, samples: list[Sample], steps: int = 300) -> None:
+    """Retrain the classification layer on the adaptation images' frozen features, kept near its old weights."""
+    scheme = predictor.scheme
+    classifier = predictor.model.get_classifier()
+    if not isinstance(classifier, torch.nn.Linear):
+        raise ChestXrayError("--head needs a model whose classifier is one linear layer")
+    targets = torch.stack([scheme.target(s.label) for s in samples])
+    weights = balanced_class_weights(scheme.task, list(targets), scheme.num_outputs)
+    criterion = TaskLoss(scheme.task, "ce", class_weights=weights)
+    start = [p.detach().clone() for p in classifier.parameters()]
+    opt = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = criterion(classifier(features), targets)
+            loss = loss + 1e-2 * sum(((p - s) ** 2).sum() for p, s in zip(classifier.parameters(), start))
+            loss.backward()
+            opt.step()
+
+
+def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarray, head: bool,
+                      target_sensitivity: float) -> tuple[Predictor, torch.Tensor]:
+    """A copy of `predictor` recalibrated on the adaptation images; and its logits on every site image."""
+    new = copy.deepcopy(predictor)
+    samples = [site.samples[i] for i in adapt_idx]
+    logits = site.logits
+    if head:
+        refit_head(new, site.features[adapt_idx], samples)
+        with torch.no_grad():
+            logits = new.model.get_classifier()(site.features).float()
+    y = np.array([new.scheme.is_infected(s.label) for s in samples])
+    targets = torch.stack([new.scheme.target(s.label) for s in samples])
+    new.temperature = fit_temperature(logits[adapt_idx], targets, new.scheme.task)
+    points = operating_points(y, new.p_infected(logits[adapt_idx]), target_sensitivity)
+    rule = (predictor.threshold_rule or "best_f1").split(",")[0]  # the original run's rule, e.g. best_f1
+    chosen = choose_point(points, "sensitivity" if rule.startswith("sensitivity") else rule)
+    new.threshold, new.thresholds = points[chosen], points
+    new.threshold_rule = f"{chosen}, chosen on {len(samples)} images of the new site"
+    return new, logits
+
+
+def before_after(old: Predictor, new: Predictor, site: SiteData, new_logits: torch.Tensor, held: np.ndarray,
+                 n_boot: int, seed: int) -> dict:
+    """Metrics on the held-back images at each model's own threshold, with 95% intervals."""
+    y = np.array([old.scheme.is_infected(site.samples[i].label) for i in held])
+    groups = [site.samples[i].patient_id or f"__image{i}" for i in held]
+    out = {}
+    for name, predictor, logits in (("before", old, site.logits), ("after", new, new_logits)):
+        p = predictor.p_infected(logits[held])
+        m = binary_metrics(y, p, predictor.threshold)
+        m["ci95"] = bootstrap_ci(y, p, {"t": predictor.threshold}, groups, n_boot, seed)["t"] if n_boot else {}
+        out[name] = m
+    return out
+
+
+def load_site(predictor: Predictor, data: str | Path, skip_bad: bool = False) -> SiteData:
+    """Every labelled image of the site (whatever split it is in), decoded, with the model's outputs."""
+    samples = [s for v in discover(data).splits.values() for s in v if s.label is not None]
+    unknown = sorted({s.label for s in samples} - set(predictor.scheme.classes))
+    if unknown:
+        raise DataError(f"{data}: labels {unknown} are not among the model's classes {list(predictor.scheme.classes)}")
+    split = predictor.decode(samples, skip_bad, desc="reading the site's images")
+    logits, features = predictor.forward(split.images)
+    return SiteData(split.samples, split.images, logits, features)
+
+
+def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, head: bool = False, seed: int = 0,
+              n_boot: int = 1000, skip_bad: bool = False) -> dict:
+    """Recalibrate RUN for the site DATA into the run directory OUT; return the before/after comparison."""
+    out = Path(out)
+    predictor = Predictor.load(run)
+    site = load_site(predictor, data, skip_bad)
+    adapt_idx, held = split_site(site.samples, n, seed)
+    target = (predictor.meta.get("config") or {}).get("train", {}).get("target_sensitivity", 0.95)
+    new, new_logits = adapted_predictor(predictor, site, adapt_idx, head, target)
+    comparison = before_after(predictor, new, site, new_logits, held, n_boot, seed)
+    new.meta = {**new.meta, "adapted_from": str(checkpoint_path(run).resolve()), "data_resolved": str(Path(data).resolve()),
+                "adaptation": {"data": str(data), "n": int(len(adapt_idx)), "head": head, "seed": seed}}
+    out.mkdir(parents=True, exist_ok=True)
+    new.save(out / "checkpoints" / "best.ckpt")
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
+    if (run_dir / "config.yaml").exists():
+        shutil.copy(run_dir / "config.yaml", out / "config.yaml")
+    with open(out / "split.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "path", "label", "patient_id", "source"])
+        for name, idx in (("adaptation", adapt_idx), ("heldout", held)):
+            w.writerows([name, site.samples[i].path, site.samples[i].label, site.samples[i].patient_id or "",
+                         site.samples[i].source or ""] for i in idx)
+    held_split = predictor.decode([site.samples[i] for i in held], skip_bad)
+    header = {"data": str(data), "split": "heldout", "external": False, "synthetic": is_synthetic(data),
+              "model": new.meta.get("model_name"), "stage": new.meta.get("stage"), "val_threshold": new.threshold,
+              "adaptation": {**new.meta["adaptation"], "before": comparison["before"], "after": comparison["after"]}}
+    write_run_outputs(out, new, held_split, new_logits[held], header, None, n_boot, seed, features=site.features[held])
+    result = {"run": str(run), "data": str(data), "n_adaptation": int(len(adapt_idx)), "n_heldout": int(len(held)),
+              "head": head, **comparison, "threshold_before": predictor.threshold, "threshold_after": new.threshold,
+              "temperature_after": new.temperature}
+    write_json(out / "adapt.json", result)
+    return result
