@@ -175,7 +175,7 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
     ft = ClassifierModule(model, scheme, "finetune", TrainConfig(), preprocessing=prep)
     ft.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
-    loader = make_loader(make_dataset(dec["train"], scheme, size, train=True), bs, True)
+    loader = make_loader(make_dataset(dec["train"], scheme, prep, train=True), bs, True)
     it = endless(loader)
     n, t0 = 0, None
     for b in range(batches + 1):

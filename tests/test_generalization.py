@@ -161,3 +161,51 @@ def test_adapt_makes_a_complete_run_recalibrated_on_the_site(run, foreign_site, 
 def test_adapt_needs_enough_images(run, foreign_site, tmp_path):
     res = invoke("adapt", run, "--data", foreign_site, "--out", tmp_path / "x", "--n", "48")
     assert res.exit_code == 2 and "--n 48" in res.output
+
+
+@pytest.mark.parametrize("method", ["equalize", "percentile"])
+def test_intensity_standardisation_removes_exposure(method):
+    from chestxray.data.transforms import Standardise
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (1, 64, 64)).astype(np.float64)
+    dark = torch.from_numpy((base * 0.3 + 20).astype(np.uint8))  # the same image, underexposed
+    bright = torch.from_numpy((base * 0.6 + 90).astype(np.uint8))  # and overexposed
+    a, b = Standardise(method)(dark), Standardise(method)(bright)
+    assert a.dtype == torch.uint8 and int(a.max()) >= 250 and int(a.min()) <= 5
+    assert (a.float() - b.float()).abs().mean() < 6  # the exposures agree after standardisation
+    assert (dark.float() - bright.float()).abs().mean() > 50
+    assert torch.equal(Standardise("none")(dark), dark)
+
+
+def test_device_look_keeps_shape_and_type_and_changes_pixels():
+    from chestxray.data.transforms import DeviceLook
+
+    torch.manual_seed(0)
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 80, 80)).astype(np.uint8))
+    outs = [DeviceLook(p=1.0)(x) for _ in range(4)]
+    assert all(o.dtype == torch.uint8 and o.shape == x.shape for o in outs)
+    assert all(not torch.equal(o, x) for o in outs)
+    assert torch.equal(DeviceLook(p=0.0)(x), x)
+
+
+def test_intensity_is_part_of_the_model_contract(tiny_data, tmp_path):
+    from chestxray.data.sources import load_samples
+    from chestxray.data.transforms import Standardise
+    from chestxray.inference.predictor import Predictor
+
+    out = tmp_path / "eq"
+    res = invoke("train", "--data", tiny_data, "--out", out, "--img-size", "64", "--batch-size", "16", "--stages", "head",
+                 "--epochs-head", "2", "--bootstrap", "0", "--intensity", "equalize", "--augment", "domain", "--quiet")
+    assert res.exit_code == 0, res.output
+    predictor = Predictor.load(out)
+    assert predictor.preprocessing.intensity == "equalize"
+    split = predictor.decode(load_samples(tiny_data)["test"])
+    logits = predictor.logits(split.images)
+    # by hand: equalise, resize, normalise, forward
+    x = torch.stack([Standardise("equalize")(torch.from_numpy(np.array(split.images[i]))[None]) for i in range(len(split.images))])
+    x = torch.nn.functional.interpolate(x.float(), size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+    x = ((x.round() / 255 - 0.5) / 0.5).repeat(1, 3, 1, 1)
+    with torch.no_grad():
+        by_hand = predictor.model.eval()(x)
+    assert torch.allclose(logits, by_hand, atol=0.05)

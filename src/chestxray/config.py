@@ -44,6 +44,7 @@ class DataConfig:
     skip_bad: bool = option(False, "Skip unreadable images (listed in RUN/skipped.csv) instead of stopping.")
     workers: int = option(0, "DataLoader worker processes; images are decoded once up front, so 0 suits a CPU.", ge=0)
     cache_dir: str | None = option(None, "Decoded-image and feature cache. [default: $CHESTXRAY_CACHE or ~/.cache/chestxray]")
+    intensity: str = option("none", "Per-image intensity standardisation before the model, at training and inference: histogram equalisation, or the 1st-99th percentile stretched to the full range.", ("none", "equalize", "percentile"))
     check: bool = option(True, "Check labels, classes and exact duplicates across splits before decoding; stop on a problem.")
 
 
@@ -61,6 +62,7 @@ class TrainConfig:
     epochs_head: int = option(10, "Head-stage epochs (backbone frozen, batch-norm statistics too).", ge=0)
     epochs_finetune: int = option(4, "Finetune-stage epochs (from the best head checkpoint).", ge=0)
     lr: float = option(3e-3, "Head-stage learning rate.", gt=0.0)
+    augment: str = option("basic", "Training augmentation: basic (crop, small rotation and shift, brightness and contrast), or domain (adds gamma, blur or sharpening, noise, JPEG re-compression and resolution loss, as other devices and sites produce).", ("basic", "domain"))
     head_augment: bool = option(False, "Augment images in the head stage (finetune always augments; off measured better on cxr-nih-cohen validation).")
     head_features: bool = option(True, "Head stage on backbone features computed once and cached, instead of running the frozen backbone every epoch.")
     feature_views: int = option(0, "Extra augmented views per training image in the feature cache (head stage).", ge=0)

@@ -13,7 +13,7 @@ from .cache import ImageStore, cache_size_for, decode_all
 from .io import XrayReadError
 from .labels import TaskScheme
 from .sources import Sample
-from .transforms import eval_transform, train_transform
+from .transforms import Preprocessing
 
 
 class DecodedDataset(Dataset):
@@ -49,9 +49,10 @@ def decode_split(samples: list[Sample], img_size: int, skip_bad: bool, desc: str
     return DecodedSplit([samples[i] for i in kept], images, errors)
 
 
-def make_dataset(split: DecodedSplit, scheme: TaskScheme | None, img_size: int, train: bool) -> DecodedDataset:
+def make_dataset(split: DecodedSplit, scheme: TaskScheme | None, prep: Preprocessing, train: bool,
+                 augment: str = "basic") -> DecodedDataset:
     targets = [scheme.target(s.label) for s in split.samples] if scheme is not None else None
-    tf = train_transform(img_size) if train else eval_transform(img_size)
+    tf = prep.train_transform(augment) if train else prep.eval_transform()
     return DecodedDataset(split.images, targets, tf)
 
 

@@ -18,20 +18,77 @@ RESIZE_RULE = (
 )
 
 
-def train_transform(img_size: int) -> v2.Compose:
+INTENSITY = ("none", "equalize", "percentile")
+AUGMENT = ("basic", "domain")
+
+
+class Standardise(torch.nn.Module):
+    """Per-image intensity standardisation of a uint8 (1, H, W) tensor, the same at training and inference.
+
+    equalize: global histogram equalisation; percentile: the 1st..99th percentile stretched to 0..255.
+    Both remove much of the exposure and contrast that differ between devices and sites.
+    """
+
+    def __init__(self, method: str):
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "equalize":
+            return v2.functional.equalize(x)
+        if self.method == "percentile":
+            flat = x.float().flatten()
+            lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99]))
+            return ((x.float() - lo) * (255.0 / max(float(hi - lo), 1.0))).clamp_(0, 255).round_().to(torch.uint8)
+        return x
+
+
+class DeviceLook(torch.nn.Module):
+    """Augmentations that mimic other devices and sites on a uint8 (1, H, W) tensor: gamma, blur or
+    sharpening, noise, JPEG re-compression, and resolution loss, each with its own probability."""
+
+    def __init__(self, p: float = 0.3):
+        super().__init__()
+        self.p = p
+        self.blur = v2.GaussianBlur(5, sigma=(0.1, 1.5))
+        self.sharpen = v2.RandomAdjustSharpness(2.0, p=1.0)
+        self.jpeg = v2.JPEG((30, 90))
+
+    def _maybe(self) -> bool:
+        return bool(torch.rand(()) < self.p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._maybe():
+            x = v2.functional.adjust_gamma(x, float(torch.empty(()).uniform_(0.7, 1.5)))
+        if self._maybe():
+            x = self.blur(x) if torch.rand(()) < 0.5 else self.sharpen(x)
+        if self._maybe():
+            x = (x.float() + torch.randn_like(x, dtype=torch.float32) * float(torch.empty(()).uniform_(2, 10))).clamp_(0, 255).to(torch.uint8)
+        if self._maybe():
+            x = self.jpeg(x)
+        if self._maybe():
+            h, w = x.shape[-2:]
+            f = float(torch.empty(()).uniform_(0.4, 0.8))
+            x = v2.functional.resize(v2.functional.resize(x, [max(8, int(h * f)), max(8, int(w * f))], antialias=True), [h, w], antialias=True)
+        return x
+
+
+def train_transform(img_size: int, intensity: str = "none", augment: str = "basic") -> v2.Compose:
     # Mild geometry and exposure changes. No horizontal flip: laterality (heart on the left) is anatomy.
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(img_size, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True),
-            v2.RandomAffine(degrees=7, translate=(0.04, 0.04)),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-        ]
-    )
+    steps = [
+        Standardise(intensity),
+        v2.RandomResizedCrop(img_size, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True),
+        v2.RandomAffine(degrees=7, translate=(0.04, 0.04)),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ]
+    if augment == "domain":
+        steps.append(DeviceLook())
+    return v2.Compose(steps)
 
 
-def eval_transform(img_size: int) -> v2.Compose:
+def eval_transform(img_size: int, intensity: str = "none") -> v2.Compose:
     # The whole image, resized: no centre crop, so nothing at the lung edges is cut away.
-    return v2.Compose([v2.Resize((img_size, img_size), antialias=True)])
+    return v2.Compose([Standardise(intensity), v2.Resize((img_size, img_size), antialias=True)])
 
 
 def to_model_input(x: torch.Tensor, mean, std, channels_last: bool = True) -> torch.Tensor:
@@ -57,6 +114,7 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resize: str = RESIZE_RULE
+    intensity: str = "none"  # per-image standardisation applied first (Standardise)
 
     @property
     def stored_side(self) -> int:
@@ -64,10 +122,10 @@ class Preprocessing:
         return cache_size_for(self.img_size)
 
     def eval_transform(self) -> v2.Compose:
-        return eval_transform(self.img_size)
+        return eval_transform(self.img_size, self.intensity)
 
-    def train_transform(self) -> v2.Compose:
-        return train_transform(self.img_size)
+    def train_transform(self, augment: str = "basic") -> v2.Compose:
+        return train_transform(self.img_size, self.intensity, augment)
 
     def model_input(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """A uint8 batch (B, 1, S, S) -> the normalised float batch the model takes."""
@@ -78,4 +136,4 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(int(d["img_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", RESIZE_RULE))
+        return cls(int(d["img_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", RESIZE_RULE), d.get("intensity", "none"))

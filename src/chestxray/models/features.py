@@ -59,6 +59,7 @@ def extract_features(
     batch_size: int = 64,
     precision: str = "32-true",
     channels_last: bool = True,
+    augment: str = "basic",
 ) -> torch.Tensor:
     """Features of the frozen part, shape (1 + views, N, ...): the plain view, then `views` augmented ones.
 
@@ -75,7 +76,7 @@ def extract_features(
                                                    leave=False, disable=None) as bar:
         log.info("extracting backbone features of %d images (%d view%s)", len(images), 1 + views, "s" if views else "")
         for v in range(1 + views):
-            tf = prep.eval_transform() if v == 0 else prep.train_transform()
+            tf = prep.eval_transform() if v == 0 else prep.train_transform(augment)
             torch.manual_seed(seed + v)
             ds = DecodedDataset(images, None, tf)
             parts = []

@@ -149,14 +149,14 @@ def head_features(run: "Run") -> dict[str, torch.Tensor]:
     for name in ("train", "val"):
         split = run.decoded[name]
         views = cfg.train.feature_views if name == "train" else 0
-        key = [fingerprint, get_spec(cfg.model.model).timm_name, str(cfg.data.img_size), str(views),
-               str(cfg.train.seed), run.precision, str(cfg.train.channels_last)]
+        key = [fingerprint, get_spec(cfg.model.model).timm_name, str(run.predictor.preprocessing.to_dict()), str(views),
+               str(cfg.train.seed), run.precision, str(cfg.train.channels_last), cfg.train.augment]
         key += [file_key(s.path, cfg.data.img_size) for s in split.samples]
         feats[name] = cached_features(
             cache_dir, key,
             lambda split=split, views=views: extract_features(
                 model, split.images, run.predictor.preprocessing, views, cfg.train.seed,
-                precision=run.precision, channels_last=cfg.train.channels_last,
+                precision=run.precision, channels_last=cfg.train.channels_last, augment=cfg.train.augment,
             ),
         )
     model.cpu()
@@ -242,7 +242,7 @@ def prepare_run(cfg: Config, out: Path) -> Run:
     for k in ("train", "val"):
         if len(decoded[k].samples) == 0:
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
-    prep = Preprocessing(cfg.data.img_size, *normalisation(model))
+    prep = Preprocessing(cfg.data.img_size, *normalisation(model), intensity=cfg.data.intensity)
     run = Run(cfg, out, writer, scheme, decoded, Predictor(model, scheme, prep), origin,
               resolve_precision(cfg.train.precision), synthetic)
     if cfg.train.class_weights:
@@ -252,7 +252,7 @@ def prepare_run(cfg: Config, out: Path) -> Run:
 
 def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
     """The Lightning module and data of a stage: the head on cached features where it can, else images."""
-    cfg, size, bs = run.cfg, run.cfg.data.img_size, run.cfg.data.batch_size
+    cfg, bs = run.cfg, run.cfg.data.batch_size
     prep = run.predictor.preprocessing
     targets = {k: list(run.targets(k)) for k in ("train", "val")}
     on_features = stage == "head" and cfg.train.head_features and (not cfg.train.head_augment or cfg.train.feature_views > 0)
@@ -265,8 +265,8 @@ def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
         return module, data
     module = ClassifierModule(run.model, run.scheme, stage, cfg.train, run.class_weights, preprocessing=prep)
     augment = stage == "finetune" or cfg.train.head_augment
-    train_ds = make_dataset(run.decoded["train"], run.scheme, size, train=augment)
-    val_ds = make_dataset(run.decoded["val"], run.scheme, size, train=False)
+    train_ds = make_dataset(run.decoded["train"], run.scheme, prep, train=augment, augment=cfg.train.augment)
+    val_ds = make_dataset(run.decoded["val"], run.scheme, prep, train=False)
     return module, StageData(train_ds, val_ds, bs, cfg.data.workers, cfg.train.seed)
 
 
