@@ -1,12 +1,13 @@
 """Site recalibration benchmark: a model trained on cxr-nih-cohen, adapted to kermany-peds-train.
 
     .venv/bin/python benchmarks/adaptation.py --run runs/generalization/A-cxr-nih-cohen [--n 50 100 200]
-        [--seeds 0 1 2] [--head]
+        [--seeds 0 1 2] [--operating-point sensitivity --target-sensitivity 0.9]
 
 Decodes every kermany-peds-train image and runs the model once, then for each n and seed picks n labelled
-images (patient-level, stratified), refits the temperature and the operating point on them (and with --head
-the classifier), and measures sensitivity and specificity at the new threshold on the images not picked,
-with 95% patient-level bootstrap intervals. Writes RUN/adaptation.json. Research figures only.
+images (patient-level, stratified), refits the temperature and the operating point on them, without and
+with a refit of the classification layer (`adapt --head`), and measures sensitivity and specificity at the
+new threshold, and ROC-AUC, on the images not picked, with 95% patient-level bootstrap intervals (first
+seed). Writes RUN/adaptation-<operating point>.json. Research figures only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(KERMANY))
     ap.add_argument("--n", type=int, nargs="+", default=[50, 100, 200])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--head", action="store_true", help="also retrain the classification layer")
+    ap.add_argument("--operating-point", default="sensitivity", help="best_f1 | youden | sensitivity, chosen on the n images")
+    ap.add_argument("--target-sensitivity", type=float, default=0.9)
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
     from chestxray.inference.predictor import Predictor
@@ -38,25 +40,26 @@ def main(argv=None) -> int:
     t0 = time.time()
     predictor = Predictor.load(args.run)
     site = load_site(predictor, args.data)
-    target = (predictor.meta.get("config") or {}).get("train", {}).get("target_sensitivity", 0.95)
     rows = []
-    for n in args.n:
-        for seed in args.seeds:
-            adapt_idx, held = split_site(site.samples, n, seed)
-            new, logits = adapted_predictor(predictor, site, adapt_idx, args.head, target)
-            r = before_after(predictor, new, site, logits, held, args.bootstrap if seed == args.seeds[0] else 0, seed)
-            rows.append({"n": n, "seed": seed, "threshold": new.threshold, **{
-                f"{when}_{k}": r[when][k] for when in ("before", "after") for k in ("roc_auc", "sensitivity", "specificity")},
-                "after_ci95": {k: r["after"]["ci95"].get(k) for k in ("sensitivity", "specificity")} if r["after"].get("ci95") else None})
+    for head in (False, True):
+        for n in args.n:
+            for seed in args.seeds:
+                adapt_idx, held = split_site(site.samples, n, seed)
+                new, logits = adapted_predictor(predictor, site, adapt_idx, head, args.target_sensitivity, args.operating_point)
+                r = before_after(predictor, new, site, logits, held, args.bootstrap if seed == args.seeds[0] else 0, seed)
+                rows.append({"head": head, "n": n, "seed": seed, "threshold": new.threshold, **{
+                    f"{when}_{k}": r[when][k] for when in ("before", "after") for k in ("roc_auc", "sensitivity", "specificity")},
+                    "after_ci95": {k: r["after"]["ci95"].get(k) for k in ("sensitivity", "specificity", "roc_auc")} if r["after"].get("ci95") else None})
 
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
     before = rows[0]
-    print(f"{args.run} -> {args.data} ({len(site.samples)} labelled images), {'temperature + threshold + head' if args.head else 'temperature + threshold'}")
+    print(f"{args.run} -> {args.data} ({len(site.samples)} labelled images), threshold rule on the n images: "
+          f"{args.operating_point}" + (f" {args.target_sensitivity:g}" if args.operating_point == "sensitivity" else ""))
     print(f"before (stored threshold {predictor.threshold:.3f}): sensitivity {f(before['before_sensitivity'])}, "
           f"specificity {f(before['before_specificity'])}, ROC-AUC {f(before['before_roc_auc'])}")
-    print(f"{'n':>5s} {'seed':>4s} {'threshold':>9s} {'sensitivity':>24s} {'specificity':>24s} {'ROC-AUC':>8s}")
+    print(f"{'refit':22s} {'n':>5s} {'seed':>4s} {'threshold':>9s} {'sensitivity':>24s} {'specificity':>24s} {'ROC-AUC':>24s}")
     for r in rows:
         ci = r["after_ci95"] or {}
 
@@ -64,14 +67,19 @@ def main(argv=None) -> int:
             c = ci.get(k)
             return f(r[f"after_{k}"]) + (f" [{f(c[0])}, {f(c[1])}]" if c and c[0] is not None else "")
 
-        print(f"{r['n']:5d} {r['seed']:4d} {r['threshold']:9.3f} {with_ci('sensitivity'):>24s} {with_ci('specificity'):>24s} {f(r['after_roc_auc']):>8s}")
-    for n in args.n:
-        part = [r for r in rows if r["n"] == n]
-        print(f"n={n}: mean over {len(part)} seeds: sensitivity {np.mean([r['after_sensitivity'] for r in part]):.3f}, "
-              f"specificity {np.mean([r['after_specificity'] for r in part]):.3f}")
+        refit = "temperature+threshold" + ("+head" if r["head"] else "")
+        print(f"{refit:22s} {r['n']:5d} {r['seed']:4d} {r['threshold']:9.3f} {with_ci('sensitivity'):>24s} "
+              f"{with_ci('specificity'):>24s} {with_ci('roc_auc'):>24s}")
+    for head in (False, True):
+        for n in args.n:
+            part = [r for r in rows if r["n"] == n and r["head"] == head]
+            print(f"{'with' if head else 'without'} head refit, n={n}: mean over {len(part)} seeds: sensitivity "
+                  f"{np.mean([r['after_sensitivity'] for r in part]):.3f}, specificity {np.mean([r['after_specificity'] for r in part]):.3f}, "
+                  f"ROC-AUC {np.mean([r['after_roc_auc'] for r in part]):.3f}")
     print(f"wall time {(time.time() - t0) / 60:.1f} min")
-    out = Path(args.run) / f"adaptation{'-head' if args.head else ''}.json"
-    out.write_text(json.dumps({"data": args.data, "head": args.head, "rows": rows}, indent=2))
+    out = Path(args.run) / f"adaptation-{args.operating_point}.json"
+    out.write_text(json.dumps({"data": args.data, "operating_point": args.operating_point,
+                               "target_sensitivity": args.target_sensitivity, "rows": rows}, indent=2))
     return 0
 
 

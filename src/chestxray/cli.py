@@ -222,6 +222,8 @@ def adapt(
     out: Path = typer.Option(..., help="Run directory to create for the adapted model."),
     n: int = typer.Option(100, "--n", help="Labelled images of the site used to recalibrate; the rest evaluate."),
     head: bool = typer.Option(False, "--head", help="Also retrain the classification layer on the site images' frozen features."),
+    operating_point: Optional[str] = typer.Option(None, help="How the new threshold is chosen on the n images: best_f1, youden or sensitivity.  [default: the run's own]"),
+    target_sensitivity: Optional[float] = typer.Option(None, help="Sensitivity the 'sensitivity' operating point must reach on the n images.  [default: the run's own]"),
     seed: int = typer.Option(0, help="Seed of the patient-level, stratified choice of the n images."),
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
@@ -230,7 +232,11 @@ def adapt(
     from .training.adapt import adapt_run
 
     try:
-        r = adapt_run(run, data, out, n, head, seed, bootstrap, skip_bad)
+        if operating_point not in (None, "best_f1", "youden", "sensitivity"):
+            raise ChestXrayError(f"--operating-point must be one of best_f1, youden, sensitivity; got '{operating_point}'")
+        if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
+            raise ChestXrayError(f"--target-sensitivity must be in (0, 1]; got {target_sensitivity}")
+        r = adapt_run(run, data, out, n, head, seed, bootstrap, skip_bad, operating_point, target_sensitivity)
     except ChestXrayError as e:
         _fail(e)
     typer.echo(f"adapted on {r['n_adaptation']} images of {data}; evaluated on the other {r['n_heldout']} "

@@ -67,8 +67,11 @@ def refit_head(predictor: Predictor, features: torch.Tensor, samples: list[Sampl
 
 
 def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarray, head: bool,
-                      target_sensitivity: float) -> tuple[Predictor, torch.Tensor]:
-    """A copy of `predictor` recalibrated on the adaptation images; and its logits on every site image."""
+                      target_sensitivity: float, rule: str | None = None) -> tuple[Predictor, torch.Tensor]:
+    """A copy of `predictor` recalibrated on the adaptation images; and its logits on every site image.
+
+    `rule` (best_f1 | youden | sensitivity): how the new threshold is chosen; None keeps the run's own.
+    """
     new = copy.deepcopy(predictor)
     samples = [site.samples[i] for i in adapt_idx]
     logits = site.logits
@@ -80,7 +83,7 @@ def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarra
     targets = torch.stack([new.scheme.target(s.label) for s in samples])
     new.temperature = fit_temperature(logits[adapt_idx], targets, new.scheme.task)
     points = operating_points(y, new.p_infected(logits[adapt_idx]), target_sensitivity)
-    rule = (predictor.threshold_rule or "best_f1").split(",")[0]  # the original run's rule, e.g. best_f1
+    rule = rule or (predictor.threshold_rule or "best_f1").split(",")[0]  # the original run's rule, e.g. best_f1
     chosen = choose_point(points, "sensitivity" if rule.startswith("sensitivity") else rule)
     new.threshold, new.thresholds = points[chosen], points
     new.threshold_rule = f"{chosen}, chosen on {len(samples)} images of the new site"
@@ -113,14 +116,15 @@ def load_site(predictor: Predictor, data: str | Path, skip_bad: bool = False) ->
 
 
 def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, head: bool = False, seed: int = 0,
-              n_boot: int = 1000, skip_bad: bool = False) -> dict:
+              n_boot: int = 1000, skip_bad: bool = False, rule: str | None = None,
+              target_sensitivity: float | None = None) -> dict:
     """Recalibrate RUN for the site DATA into the run directory OUT; return the before/after comparison."""
     out = Path(out)
     predictor = Predictor.load(run)
     site = load_site(predictor, data, skip_bad)
     adapt_idx, held = split_site(site.samples, n, seed)
-    target = (predictor.meta.get("config") or {}).get("train", {}).get("target_sensitivity", 0.95)
-    new, new_logits = adapted_predictor(predictor, site, adapt_idx, head, target)
+    target = target_sensitivity or (predictor.meta.get("config") or {}).get("train", {}).get("target_sensitivity", 0.95)
+    new, new_logits = adapted_predictor(predictor, site, adapt_idx, head, target, rule)
     comparison = before_after(predictor, new, site, new_logits, held, n_boot, seed)
     new.meta = {**new.meta, "adapted_from": str(checkpoint_path(run).resolve()), "data_resolved": str(Path(data).resolve()),
                 "adaptation": {"data": str(data), "n": int(len(adapt_idx)), "head": head, "seed": seed}}
