@@ -161,6 +161,17 @@ def test_adapt_makes_a_complete_run_recalibrated_on_the_site(run, foreign_site, 
 def test_adapt_needs_enough_images(run, foreign_site, tmp_path):
     res = invoke("adapt", run, "--data", foreign_site, "--out", tmp_path / "x", "--n", "48")
     assert res.exit_code == 2 and "--n 48" in res.output
+    res = invoke("adapt", run, "--data", foreign_site, "--out", tmp_path / "x", "--operating-point", "youdn")
+    assert res.exit_code == 2 and "--operating-point must be one of" in res.output and not (tmp_path / "x").exists()
+
+
+def test_adapt_to_a_target_sensitivity(run, foreign_site, tmp_path):
+    res = invoke("adapt", run, "--data", foreign_site, "--out", tmp_path / "s", "--n", "24", "--bootstrap", "0",
+                 "--operating-point", "sensitivity", "--target-sensitivity", "0.9")
+    assert res.exit_code == 0, res.output
+    ckpt = torch.load(tmp_path / "s" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["threshold_rule"].startswith("sensitivity_0.9, chosen on 24 images of the new site")
+    assert ckpt["threshold"] == ckpt["thresholds"]["sensitivity_0.9"]
 
 
 @pytest.mark.parametrize("method", ["equalize", "percentile"])
