@@ -150,10 +150,12 @@ def test_adapt_makes_a_complete_run_recalibrated_on_the_site(run, foreign_site, 
     old, new = Predictor.load(run), Predictor.load(out)
     assert new.meta["adaptation"]["n"] == 20 and new.meta["adapted_from"].endswith("best.ckpt")
     assert torch.equal(old.model.get_classifier().weight, new.model.get_classifier().weight) != head
-    # the new threshold is the old rule (best F1) on the adaptation images, through predict's forward pass
-    table, _ = new.predict([Sample(p, lab) for p, lab in zip(adapt_rows.path, adapt_rows.label)])
-    y = (table["label"] != "normal").astype(int).to_numpy()
-    assert operating_points(y, table["p_infected"].to_numpy())["best_f1"] == pytest.approx(new.threshold, abs=1e-6)
+    if head:  # threshold and temperature from out-of-fold logits: a head never sets them on images it was fitted to
+        assert new.threshold_rule.endswith("(out-of-fold)")
+    else:  # the new threshold is the old rule (best F1) on the adaptation images, through predict's forward pass
+        table, _ = new.predict([Sample(p, lab) for p, lab in zip(adapt_rows.path, adapt_rows.label)])
+        y = (table["label"] != "normal").astype(int).to_numpy()
+        assert operating_points(y, table["p_infected"].to_numpy())["best_f1"] == pytest.approx(new.threshold, abs=1e-6)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "heldout" and metrics["binary"]["at_0.5"]["n"] == r["n_heldout"]
 

@@ -66,6 +66,22 @@ def refit_head(predictor: Predictor, features: torch.Tensor, samples: list[Sampl
             opt.step()
 
 
+def out_of_fold_logits(predictor: Predictor, features: torch.Tensor, samples: list[Sample], folds: int = 5,
+                       seed: int = 0) -> torch.Tensor:
+    """Logits of each adaptation image from a head refitted on the other folds (stratified)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.array([predictor.scheme.is_infected(s.label) for s in samples])
+    folds = max(2, min(folds, int(np.bincount(y, minlength=2).min())))
+    out = torch.zeros(len(samples), predictor.scheme.num_outputs)
+    for fit_idx, score_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        fold = copy.deepcopy(predictor)
+        refit_head(fold, features[fit_idx], [samples[i] for i in fit_idx])
+        with torch.no_grad():
+            out[score_idx] = fold.model.get_classifier()(features[score_idx]).float()
+    return out
+
+
 def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarray, head: bool,
                       target_sensitivity: float, rule: str | None = None) -> tuple[Predictor, torch.Tensor]:
     """A copy of `predictor` recalibrated on the adaptation images; and its logits on every site image.
@@ -75,18 +91,22 @@ def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarra
     new = copy.deepcopy(predictor)
     samples = [site.samples[i] for i in adapt_idx]
     logits = site.logits
+    calibration_logits = logits[adapt_idx]
     if head:
+        # a head fitted on the n images fits them too well to set a threshold on: the temperature and the
+        # threshold come from out-of-fold logits (each image scored by a head that did not see it)
+        calibration_logits = out_of_fold_logits(predictor, site.features[adapt_idx], samples)
         refit_head(new, site.features[adapt_idx], samples)
         with torch.no_grad():
             logits = new.model.get_classifier()(site.features).float()
     y = np.array([new.scheme.is_infected(s.label) for s in samples])
     targets = torch.stack([new.scheme.target(s.label) for s in samples])
-    new.temperature = fit_temperature(logits[adapt_idx], targets, new.scheme.task)
-    points = operating_points(y, new.p_infected(logits[adapt_idx]), target_sensitivity)
+    new.temperature = fit_temperature(calibration_logits, targets, new.scheme.task)
+    points = operating_points(y, new.p_infected(calibration_logits), target_sensitivity)
     rule = rule or (predictor.threshold_rule or "best_f1").split(",")[0]  # the original run's rule, e.g. best_f1
     chosen = choose_point(points, "sensitivity" if rule.startswith("sensitivity") else rule)
     new.threshold, new.thresholds = points[chosen], points
-    new.threshold_rule = f"{chosen}, chosen on {len(samples)} images of the new site"
+    new.threshold_rule = f"{chosen}, chosen on {len(samples)} images of the new site" + (" (out-of-fold)" if head else "")
     return new, logits
 
 
