@@ -58,7 +58,7 @@ def test_density_flags_shifted_features():
 
 def test_ood_is_stored_and_reported(run, tiny_data, foreign_data, tmp_path):
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
-    assert ckpt["ood"]["threshold"] > 0 and ckpt["ood"]["quantile"] == 0.99
+    assert ckpt["ood"]["threshold"] > 0 and ckpt["ood"]["quantile"] == 0.95
     m = json.loads((run / "metrics.json").read_text())
     own = m["out_of_distribution"]
     res = invoke("evaluate", run, "--data", foreign_data, "--out", tmp_path / "ev", "--bootstrap", "0")

@@ -80,7 +80,7 @@ class TrainConfig:
     operating_point: str = option("best_f1", "Threshold stored with the model and used by predict, chosen on validation.", OPERATING_POINTS)
     target_sensitivity: float = option(0.95, "Sensitivity the 'sensitivity' operating point must reach on validation.", gt=0.0, le=1.0)
     calibrate: bool = option(False, "Temperature scaling fitted on validation; ECE reported before and after.")
-    ood_quantile: float = option(0.99, "Out-of-distribution flag: images scoring above this quantile of the validation images' distances to the training features are flagged.", gt=0.5, lt=1.0)
+    ood_quantile: float = option(0.95, "Out-of-distribution flag: images scoring above this quantile of the validation images' distances to the training features are flagged.", gt=0.5, lt=1.0)
     bootstrap: int = option(1000, "Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none).", ge=0)
     monitor: str = option("val_auc", "Validation metric for checkpoints and early stopping.", MONITORS)
     patience: int = option(5, "Early-stopping patience in epochs.", ge=1)

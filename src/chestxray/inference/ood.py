@@ -3,9 +3,10 @@
 The pooled backbone features of the training images are projected on their leading principal
 components and modelled as a Gaussian with Ledoit-Wolf shrinkage covariance; what the components
 leave out is modelled as isotropic noise of the training images' residual variance. An image's score
-is its Mahalanobis distance under that model, so a shift along any direction counts. The flag threshold is a high quantile (default 99%) of the validation images'
-scores, so about 1% of images like the validation data are flagged. A flag says "unlike what the model
-was trained on; its output here is not supported by the validation figures", not "wrong".
+is its Mahalanobis distance under that model, so a shift along any direction counts. The flag
+threshold is a high quantile (default 95%, `--ood-quantile`) of the validation images' scores, so
+about 5% of images like the validation data are flagged. A flag says "unlike what the model was
+trained on; its output here is not supported by the validation figures", not "wrong".
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class FeatureDensity:
     quantile: float  # of the validation scores, that set the threshold
 
     @classmethod
-    def fit(cls, train: np.ndarray, val: np.ndarray, quantile: float = 0.99, max_components: int = 64) -> "FeatureDensity":
+    def fit(cls, train: np.ndarray, val: np.ndarray, quantile: float = 0.95, max_components: int = 64) -> "FeatureDensity":
         from sklearn.covariance import LedoitWolf
 
         train = np.asarray(train, dtype=np.float64)
