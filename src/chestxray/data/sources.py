@@ -200,6 +200,13 @@ def evaluation_samples(data: str | Path, split: str | None) -> tuple[str, list[S
     return canonical, samples
 
 
+def patient_groups(samples: list[Sample]) -> list[str] | None:
+    """Bootstrap units: each image's patient (images without one stand alone), or None where no image has one."""
+    if not any(s.patient_id for s in samples):
+        return None
+    return [s.patient_id or f"__image{i}" for i, s in enumerate(samples)]
+
+
 def class_counts(samples: list[Sample]) -> dict[str, int]:
     return dict(sorted(Counter(s.label for s in samples if s.label is not None).items()))
 

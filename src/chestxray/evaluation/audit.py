@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.datamodule import DecodedSplit
+from ..data.sources import patient_groups
 from ..inference.predictor import Predictor
 from .metrics import bootstrap_ci, binary_metrics
 
@@ -54,8 +55,7 @@ def masked(images, hide: np.ndarray) -> np.ndarray:
 def audit(predictor: Predictor, split: DecodedSplit, n_boot: int = 1000, seed: int = 0) -> dict:
     """ROC-AUC (with 95% intervals) of the model under each masking condition, and a plain verdict."""
     y = np.array([predictor.scheme.is_infected(s.label) for s in split.samples])
-    patients = [s.patient_id for s in split.samples]
-    groups = [pid or f"__image{i}" for i, pid in enumerate(patients)] if any(patients) else None
+    groups = patient_groups(split.samples)
     side = split.images.side if hasattr(split.images, "side") else np.asarray(split.images[0]).shape[0]
     results = {}
     for name, (description, region) in CONDITIONS.items():

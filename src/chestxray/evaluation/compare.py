@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.sources import DataError, evaluation_samples
+from ..data.sources import DataError, evaluation_samples, patient_groups
 from ..errors import ChestXrayError
 from ..inference.predictor import Predictor
 from .metrics import binary_metrics, bootstrap_ci, delong_test
@@ -33,7 +33,7 @@ def compare_runs(
         ps.append(p)
         cfg = lm.meta.get("config", {})
         m = binary_metrics(y, p, lm.threshold)
-        groups = [s.patient_id or f"__image{i}" for i, s in enumerate(samples)] if any(s.patient_id for s in samples) else None
+        groups = patient_groups(samples)
         ci = bootstrap_ci(y, p, {"t": lm.threshold}, groups, n_boot, seed)["t"] if n_boot else {}
         rows.append({"run": str(run), "model": lm.meta.get("model_name"), "loss": cfg.get("train", {}).get("loss"),
                      "stage": lm.meta.get("stage"), "threshold": lm.threshold, **{k: m[k] for k in

@@ -12,7 +12,7 @@ import torch
 
 from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 from ..data.datamodule import DecodedSplit
-from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic
+from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, patient_groups
 from ..inference.explain import cam_examples
 from ..inference.predictor import Predictor
 from . import plots
@@ -42,8 +42,7 @@ def evaluate_logits(predictor: Predictor, logits: torch.Tensor, samples: list[Sa
     y = np.array([scheme.is_infected(lab) for lab in labels])
     p = predictor.p_infected(logits)
     points = {"0.5": 0.5, "val_threshold": predictor.threshold, **predictor.thresholds}
-    patients = [s.patient_id for s in samples]
-    groups = [pid or f"__image{i}" for i, pid in enumerate(patients)] if any(patients) else None
+    groups = patient_groups(samples)
     cis = bootstrap_ci(y, p, points, groups, n_boot, seed) if n_boot > 0 else {}
     binary = {f"at_{name}": {**binary_metrics(y, p, t), "ci95": cis.get(name, {})} for name, t in points.items()}
     ece, bins = expected_calibration_error(y, p)
