@@ -106,8 +106,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "generalization"))
     ap.add_argument("--kermany-images", type=int, default=1500, help="images of kermany-peds-train that B trains on (with its val and test)")
     ap.add_argument("--skip-reverse", action="store_true", help="only A (trained on cxr-nih-cohen)")
-    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--seed", type=int, default=42, help="seed of both trainings and of the kermany subset")
     args, flags = ap.parse_known_args(argv)
+    flags += ["--seed", str(args.seed)]
     if not CXR.exists() or not KERMANY.exists():
         print(f"this benchmark needs {CXR} and {KERMANY}", file=sys.stderr)
         return 2

@@ -133,6 +133,7 @@ def train(
 
 
 RUN_ARG = typer.Argument(..., metavar="RUN", help="Run directory (or its checkpoints/best.ckpt).")
+MODEL_ARG = typer.Argument(..., metavar="MODEL", help="Run directory, its checkpoints/best.ckpt, or a .onnx file from `chestxray export`.")
 
 
 @app.command(cls=_Command)
@@ -258,7 +259,7 @@ SCREENFUL = 20  # predictions shown on the terminal; the file has them all
 
 @app.command(cls=_Command)
 def predict(
-    run: Path = RUN_ARG,
+    run: Path = MODEL_ARG,
     paths: Optional[list[Path]] = typer.Argument(None, metavar="PATHS", help="Image files or folders."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="CSV manifest; every row is predicted (rows with an empty label are the unlabelled ones)."),
     unlabelled_only: bool = typer.Option(False, "--unlabelled-only", help="With --csv: only rows with an empty label."),
@@ -317,6 +318,32 @@ def predict(
 
 def _tail(path: str, width: int) -> str:
     return path if len(path) <= width else "..." + path[-(width - 3):]
+
+
+@app.command(cls=_Command)
+def export(
+    run: Path = RUN_ARG,
+    out: Path = typer.Option(..., help="The .onnx file to write."),
+    paths: Optional[list[Path]] = typer.Argument(None, metavar="[PATHS]...", help="Images or folders to verify on.  [default: the run's validation split]"),
+    tolerance: float = typer.Option(1e-4, min=0, help="Largest accepted difference in P(infected) between PyTorch and onnxruntime."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable verification images instead of stopping."),
+):
+    """ONNX export with the whole contract in its metadata, verified against PyTorch on real images."""
+    from .inference.export import export_onnx
+    from .inference.predict import expand_paths
+
+    try:
+        if out.exists() and not overwrite:
+            raise ChestXrayError(f"{out}: exists; give another --out, or --overwrite to replace it")
+        r = export_onnx(run, out, expand_paths(paths) if paths else None, tolerance, skip_bad=skip_bad)
+    except ChestXrayError as e:
+        _fail(e)
+    for e in r["skipped"]:
+        typer.echo(f"skipped: {e}", err=True)
+    typer.echo(f"verified on {r['n_images']} images: largest difference in P(infected) between PyTorch and onnxruntime "
+               f"{r['max_abs_diff_p_infected']:.2e} (tolerance {r['tolerance']:.0e}); decisions differing: {r['decisions_differing']}")
+    typer.echo(f"written: {r['path']} ({r['bytes'] / 1e6:.1f} MB, opset {r['opset']}, source sha256 {r['source_sha256'][:12]}...)")
 
 
 @app.command(cls=_Command)

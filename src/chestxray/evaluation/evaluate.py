@@ -100,7 +100,7 @@ def write_run_outputs(
     features: torch.Tensor | None = None,
     with_audit: bool = False,
 ) -> dict:
-    """metrics.json, plots/ and report.html of one split under `outdir`; return the metrics.
+    """metrics.json, predictions-SPLIT.csv, plots/ and report.html of one split under `outdir`; return the metrics.
 
     `logits` and `features` are the predictor's outputs on `split` (computed once by the caller);
     `summarise`, when given, adds the terminal summary to the metrics.
@@ -130,6 +130,8 @@ def write_run_outputs(
     if summarise is not None:
         metrics["summary"] = summarise(metrics)
     write_json(outdir / "metrics.json", metrics)
+    predictor.table(split, logits, features).to_csv(
+        outdir / f"predictions-{header.get('split') or 'all'}.csv", index=False)
     write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits))
     return metrics
 

@@ -34,7 +34,7 @@ def gradcam(loaded: Predictor, images, batch_size: int = 16) -> tuple[np.ndarray
     """(CAMs in [0, 1] of shape (N, S, S), logits, the model-size grayscale images in [0, 1])."""
     from pytorch_grad_cam import GradCAM
 
-    model = loaded.model.eval()
+    model = loaded.torch_model("Grad-CAM").eval()
     prep = loaded.preprocessing
     ds = DecodedDataset(images, None, prep.eval_transform())
     cams, logits, shown = [], [], []

@@ -91,6 +91,13 @@ class Predictor:
 
     # --- files -----------------------------------------------------------------------------------
 
+    def torch_model(self, what: str) -> nn.Module:
+        """The PyTorch network, for what needs more than a forward pass (Grad-CAM, retraining the head)."""
+        if self.model is None:
+            raise CheckpointError(f"{self.checkpoint}: {what} needs the PyTorch model (a run directory or its "
+                                  "checkpoints/best.ckpt), not an exported ONNX file")
+        return self.model
+
     def decode(self, samples: list[Sample], skip_bad: bool = False, cache_dir=None, desc: str = "reading") -> DecodedSplit:
         return decode_split(samples, self.preprocessing.img_size, skip_bad, desc, cache_dir)
 
@@ -148,7 +155,12 @@ class Predictor:
 
     @classmethod
     def load(cls, run_or_ckpt: str | Path) -> "Predictor":
+        """From a run directory, its checkpoints/best.ckpt, or a file written by `chestxray export` (.onnx)."""
         path = checkpoint_path(run_or_ckpt)
+        if path.suffix.lower() == ".onnx":
+            from .onnx_model import OnnxPredictor
+
+            return OnnxPredictor.load(path)
         ckpt = torch_load(path, "chestxray checkpoint", CheckpointError)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
@@ -175,6 +187,6 @@ def checkpoint_path(run_or_ckpt: str | Path) -> Path:
     if p.is_dir():
         p = p / "checkpoints" / "best.ckpt"
     if not p.exists():
-        raise CheckpointError(f"{p}: no checkpoint found (give a run directory or a best.ckpt file)")
+        raise CheckpointError(f"{p}: no checkpoint found (give a run directory, a best.ckpt file or an exported .onnx file)")
     return p
 

@@ -141,6 +141,7 @@ def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, 
     """Recalibrate RUN for the site DATA into the run directory OUT; return the before/after comparison."""
     out = Path(out)
     predictor = Predictor.load(run)
+    predictor.torch_model("adapt")  # RUN2 is a complete run with its own checkpoint
     site = load_site(predictor, data, skip_bad)
     adapt_idx, held = split_site(site.samples, n, seed)
     target = target_sensitivity or (predictor.meta.get("config") or {}).get("train", {}).get("target_sensitivity", 0.95)

@@ -1,0 +1,138 @@
+"""`chestxray export`: a run's model as one ONNX file, verified against PyTorch before it is written.
+
+The graph takes the decoded uint8 image and does the rest of the contract's arithmetic itself
+(scaling, mean and std, temperature, P(infected)); the contract travels in the file's metadata
+(`onnx_model.contract`). Verification runs PyTorch and onnxruntime on the same real images (the run's
+validation split unless images are given) and refuses to write the file when P(infected) differs by
+more than the tolerance anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.sources import Sample, evaluation_samples
+from ..errors import ChestXrayError
+from .onnx_model import CONTRACT_KEY, FORMAT_KEY, INPUT, ONNX_FORMAT, OUTPUTS, OnnxPredictor, contract
+from .predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+OPSET = 18  # onnxruntime >= 1.14 runs it on CPU
+TOLERANCE = 1e-4  # largest accepted difference in P(infected) between PyTorch and onnxruntime
+VERIFY_IMAGES = 256
+
+
+class ExportError(ChestXrayError):
+    pass
+
+
+class ContractGraph(nn.Module):
+    """uint8 (N, 1, S, S) -> logits, probabilities, P(infected), pooled features: the Predictor's arithmetic."""
+
+    def __init__(self, predictor: Predictor):
+        super().__init__()
+        self.model = predictor.torch_model("export")
+        self.scheme = predictor.scheme
+        prep = predictor.preprocessing
+        self.register_buffer("mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.temperature = float(predictor.temperature)
+
+    def forward(self, image: torch.Tensor):
+        x = (image.float() / 255.0 - self.mean) / self.std  # one channel broadcast to three, as to_model_input
+        spatial = self.model.forward_features(x)
+        features = self.model.forward_head(spatial, pre_logits=True).flatten(1)
+        logits = self.model.forward_head(spatial).float()
+        scaled = logits / self.temperature
+        return logits, self.scheme.probabilities(scaled), self.scheme.p_infected(scaled), features
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verification_samples(predictor: Predictor, images: list[str] | None, limit: int) -> list[Sample]:
+    """The given images, or the run's validation images (from its split.csv), at most `limit`."""
+    if images:
+        return [Sample(p, None) for p in images][:limit]
+    split_csv = predictor.checkpoint.parent.parent / "split.csv"
+    if not split_csv.exists():
+        raise ExportError(f"{split_csv}: not found, so there are no validation images to verify the export on; "
+                          "give images with --images")
+    return evaluation_samples(split_csv, "val")[1][:limit]
+
+
+def _data_summary(predictor: Predictor) -> dict:
+    metrics = predictor.checkpoint.parent.parent / "metrics.json"
+    counts = json.loads(metrics.read_text()).get("class_counts") if metrics.exists() else None
+    return {"data": predictor.meta.get("data_resolved"), "class_counts": counts}
+
+
+def export_onnx(run: str | Path, out: str | Path, images: list[str] | None = None, tolerance: float = TOLERANCE,
+                limit: int = VERIFY_IMAGES, skip_bad: bool = False) -> dict:
+    """Write RUN's model to OUT (.onnx) once onnxruntime agrees with PyTorch on real images; return the figures."""
+    import onnx
+
+    t0 = time.time()
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ExportError(f"{out}: the output name must end in .onnx")
+    if out.is_dir():
+        raise ExportError(f"{out}: is a folder; give a file name such as {out / 'model.onnx'}")
+    predictor = Predictor.load(run)
+    graph = ContractGraph(predictor).eval()
+    samples = verification_samples(predictor, images, limit)
+    decoded = predictor.decode(samples, skip_bad, desc="reading verification images")
+    if not len(decoded.samples):
+        raise ExportError("no readable images to verify the export on")
+    side = predictor.preprocessing.img_size
+    example = torch.zeros(2, 1, side, side, dtype=torch.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each step on stdout
+            torch.onnx.export(
+                graph, (example,), str(tmp), input_names=[INPUT], output_names=list(OUTPUTS), opset_version=OPSET,
+                dynamo=True, external_data=False, dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            )
+        model = onnx.load(str(tmp))
+        model.producer_name = "chestxray"
+        model.doc_string = (f"chestxray {predictor.meta.get('model_name')} ({predictor.scheme.task}), research use only. "
+                            f"Input '{INPUT}': uint8 (batch, 1, {side}, {side}); contract in metadata '{CONTRACT_KEY}'.")
+        source_sha = sha256(predictor.checkpoint)
+        for key, value in ((FORMAT_KEY, ONNX_FORMAT),
+                           (CONTRACT_KEY, json.dumps(contract(predictor, source_sha, _data_summary(predictor))))):
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
+        exported = OnnxPredictor.load(tmp)
+        p_torch = predictor.p_infected(predictor.logits(decoded.images))
+        p_onnx = exported.p_infected(exported.logits(decoded.images))
+        p_graph = exported.run_graph(decoded.images, "p_infected").astype(np.float64)
+        diff = float(max(np.abs(p_torch - p_onnx).max(), np.abs(p_torch - p_graph).max()))
+        disagree = int((predictor.decide(p_torch) != predictor.decide(p_onnx)).sum())
+        if not diff <= tolerance:  # NaN fails too
+            raise ExportError(f"{out}: not written: onnxruntime and PyTorch differ by {diff:.2e} in P(infected) on "
+                              f"{len(p_torch)} images (tolerance {tolerance:.0e})")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out), "n_images": len(p_torch), "max_abs_diff_p_infected": diff, "decisions_differing": disagree,
+            "tolerance": tolerance, "opset": OPSET, "source_checkpoint": str(predictor.checkpoint), "source_sha256": source_sha,
+            "bytes": out.stat().st_size, "skipped": [str(e) for e in decoded.errors], "seconds": time.time() - t0}

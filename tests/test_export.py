@@ -1,0 +1,119 @@
+"""ONNX export: the contract travels in the file, verification refuses a wrong graph, predict runs on it."""
+
+import json
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from chestxray.cli import app
+from chestxray.data.sources import load_samples
+from chestxray.inference import export as export_mod
+from chestxray.inference.onnx_model import CONTRACT_KEY, OnnxPredictor, read_contract
+from chestxray.inference.predictor import CheckpointError, Predictor
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    res = CliRunner().invoke(app, ["export", str(tiny_run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "verified on" in res.output and "written:" in res.output
+    return out
+
+
+def test_the_file_carries_the_contract(exported, tiny_run):
+    torch_p = Predictor.load(tiny_run)
+    c = read_contract(exported)
+    assert c["scheme"] == torch_p.scheme.to_dict()
+    assert c["preprocessing"] == torch_p.preprocessing.to_dict()
+    assert c["temperature"] == torch_p.temperature != 1.0
+    assert c["threshold"] == torch_p.threshold and c["thresholds"] == torch_p.thresholds
+    assert c["threshold_rule"] == torch_p.threshold_rule and c["stage"] == torch_p.meta["stage"]
+    assert c["source_checkpoint"]["sha256"] == export_mod.sha256(tiny_run / "checkpoints" / "best.ckpt")
+    assert c["data_summary"]["class_counts"]["train"]
+    assert c["ood"] and c["ood"]["threshold"] == torch_p.ood.threshold
+    g = onnx.load(str(exported))
+    assert [i.name for i in g.graph.input] == ["image"]
+    assert g.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch axis is dynamic
+    assert any(o.domain in ("", "ai.onnx") and o.version <= 21 for o in g.opset_import)
+
+
+def test_predict_on_onnx_gives_the_pytorch_table(exported, tiny_run, tiny_data, tmp_path):
+    """`predict MODEL.onnx` and `predict RUN` on the same real images: the same labels, P(infected) within 1e-4."""
+    paths = [s.path for s in load_samples(tiny_data)["test"]]
+    tables = {}
+    for name, model in (("torch", tiny_run), ("onnx", exported)):
+        res = CliRunner().invoke(app, ["predict", str(model), *paths, "--out", str(tmp_path / f"{name}.csv")])
+        assert res.exit_code == 0, res.output
+        tables[name] = pd.read_csv(tmp_path / f"{name}.csv")
+    a, b = tables["torch"], tables["onnx"]
+    assert list(a.columns) == list(b.columns) and list(a["path"]) == list(b["path"])
+    assert np.abs(a["p_infected"] - b["p_infected"]).max() <= 1e-4
+    assert (a["threshold"] == b["threshold"]).all()
+    near = (a["p_infected"] - a["threshold"]).abs() < 1e-4
+    assert (a["predicted"][~near] == b["predicted"][~near]).all()
+    assert np.allclose(a["ood_score"], b["ood_score"], rtol=1e-3)
+    # --csv works on ONNX too
+    res = CliRunner().invoke(app, ["predict", str(exported), "--csv", str(tiny_data / "manifest.csv"), "--out", str(tmp_path / "m.csv")])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(tmp_path / "m.csv")) == len(pd.read_csv(tiny_data / "manifest.csv"))
+
+
+def test_the_graph_outputs_alone_are_enough(exported, tiny_run, tiny_data):
+    """A consumer outside Python: decoded uint8 image in, P(infected) out, threshold from the metadata."""
+    import onnxruntime as ort
+
+    torch_p = Predictor.load(tiny_run)
+    split = torch_p.decode(load_samples(tiny_data)["val"])
+    side = read_contract(exported)["preprocessing"]["img_size"]
+    to_input = torch_p.preprocessing.eval_transform()  # the contract's resize rule, last step
+    x = np.stack([to_input(torch.from_numpy(np.array(img))[None]).numpy() for img in split.images])
+    assert x.shape[1:] == (1, side, side) and x.dtype == np.uint8
+    p = ort.InferenceSession(str(exported)).run(["p_infected"], {"image": x})[0]
+    assert np.abs(p - torch_p.p_infected(torch_p.logits(split.images))).max() <= 1e-4
+
+
+def test_export_refuses_when_onnxruntime_disagrees(tiny_run, tmp_path, monkeypatch):
+    """A graph that computes something else (here: the temperature left out) is not written."""
+    original = export_mod.ContractGraph.__init__
+
+    def wrong(self, predictor):
+        original(self, predictor)
+        self.temperature = 1.0
+
+    monkeypatch.setattr(export_mod.ContractGraph, "__init__", wrong)
+    out = tmp_path / "wrong.onnx"
+    res = CliRunner().invoke(app, ["export", str(tiny_run), "--out", str(out)])
+    assert res.exit_code == 2 and "not written" in res.output and "differ by" in res.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_export_errors_name_the_problem(tiny_run, exported, tmp_path):
+    res = CliRunner().invoke(app, ["export", str(tiny_run), "--out", str(exported)])
+    assert res.exit_code == 2 and "exists" in res.output and "--overwrite" in res.output
+    res = CliRunner().invoke(app, ["export", str(tiny_run), "--out", str(tmp_path / "model.pt")])
+    assert res.exit_code == 2 and "must end in .onnx" in res.output
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a protobuf at all" * 10)
+    with pytest.raises(CheckpointError, match="garbage.onnx"):
+        Predictor.load(garbage)
+    plain = tmp_path / "plain.onnx"  # a valid ONNX file that is not a chestxray export
+    g = onnx.load(str(exported))
+    del g.metadata_props[:]
+    onnx.save(g, str(plain))
+    image = pd.read_csv(tiny_run / "split.csv")["path"].iloc[0]
+    res = CliRunner().invoke(app, ["predict", str(plain), image, "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 2 and "without a chestxray contract" in res.output
+    res = CliRunner().invoke(app, ["explain", str(exported), image, "--out", str(tmp_path / "cams")])
+    assert res.exit_code == 2 and "needs the PyTorch model" in res.output
+
+
+def test_onnx_predictor_is_a_predictor(exported):
+    p = Predictor.load(exported)
+    assert isinstance(p, OnnxPredictor) and p.model is None
+    assert json.loads(onnx.load(str(exported)).metadata_props[1].value)["format"] == read_contract(exported)["format"]
+    assert CONTRACT_KEY == "chestxray.contract"
