@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from chestxray.cli import app
+from chestxray.files import sha256
 from chestxray.data.sources import load_samples
 from chestxray.inference import export as export_mod
 from chestxray.inference.onnx_model import CONTRACT_KEY, OnnxPredictor, read_contract
@@ -33,7 +34,7 @@ def test_the_file_carries_the_contract(exported, tiny_run):
     assert c["temperature"] == torch_p.temperature != 1.0
     assert c["threshold"] == torch_p.threshold and c["thresholds"] == torch_p.thresholds
     assert c["threshold_rule"] == torch_p.threshold_rule and c["stage"] == torch_p.meta["stage"]
-    assert c["source_checkpoint"]["sha256"] == export_mod.sha256(tiny_run / "checkpoints" / "best.ckpt")
+    assert c["source_checkpoint"]["sha256"] == sha256(tiny_run / "checkpoints" / "best.ckpt")
     assert c["data_summary"]["class_counts"]["train"]
     assert c["ood"] and c["ood"]["threshold"] == torch_p.ood.threshold
     g = onnx.load(str(exported))

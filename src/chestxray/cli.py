@@ -347,6 +347,44 @@ def export(
 
 
 @app.command(cls=_Command)
+def card(run: Path = RUN_ARG):
+    """Write RUN/model_card.md again from the run's own files (training writes it; evaluations added since are included)."""
+    from .inference.model_card import write_model_card
+    from .inference.predictor import Predictor, checkpoint_path
+
+    try:
+        predictor = Predictor.load(run)
+        path = write_model_card(predictor, checkpoint_path(run).parent.parent)
+    except ChestXrayError as e:
+        _fail(e)
+    typer.echo(f"written: {path}")
+
+
+@app.command(cls=_Command)
+def serve(
+    model: Path = MODEL_ARG,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default; anything else exposes the service)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+    max_upload_mb: float = typer.Option(32, min=0.001, help="Largest request body, in MB."),
+    max_files: int = typer.Option(16, min=1, help="Most images in one request."),
+    max_batch: int = typer.Option(16, min=1, help="Most images grouped into one forward pass (1: no micro-batching)."),
+    max_wait_ms: float = typer.Option(5.0, min=0, help="Longest wait for more requests to fill a batch, in ms."),
+    api_key: Optional[str] = typer.Option(None, envvar="CHESTXRAY_API_KEY", show_envvar=True,
+                                          help="Require this key (header X-API-Key) on /predict, /model and /metrics."),
+):
+    """HTTP service: POST /predict, GET /health, /ready, /model, /metrics, and a page at / to try an image."""
+    from .inference.serve import serve as run_server
+
+    try:
+        if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+            logging.getLogger(__name__).warning("listening on %s without --api-key: anyone who can reach it can use it", host)
+        run_server(model, host, port, max_upload_mb=max_upload_mb, max_files=max_files, api_key=api_key,
+                   max_batch=max_batch, max_wait_ms=max_wait_ms)
+    except ChestXrayError as e:
+        _fail(e)
+
+
+@app.command(cls=_Command)
 def explain(
     run: Path = RUN_ARG,
     paths: list[Path] = typer.Argument(..., metavar="PATHS", help="Image files or folders."),

@@ -10,7 +10,6 @@ more than the tolerance anywhere.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -24,7 +23,9 @@ from torch import nn
 
 from ..data.sources import Sample, evaluation_samples
 from ..errors import ChestXrayError
+from ..files import sha256
 from .onnx_model import CONTRACT_KEY, FORMAT_KEY, INPUT, ONNX_FORMAT, OUTPUTS, OnnxPredictor, contract
+from .model_card import model_card
 from .predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,6 @@ class ContractGraph(nn.Module):
         logits = self.model.forward_head(spatial).float()
         scaled = logits / self.temperature
         return logits, self.scheme.probabilities(scaled), self.scheme.p_infected(scaled), features
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verification_samples(predictor: Predictor, images: list[str] | None, limit: int) -> list[Sample]:
@@ -117,7 +110,7 @@ def export_onnx(run: str | Path, out: str | Path, images: list[str] | None = Non
                             f"Input '{INPUT}': uint8 (batch, 1, {side}, {side}); contract in metadata '{CONTRACT_KEY}'.")
         source_sha = sha256(predictor.checkpoint)
         for key, value in ((FORMAT_KEY, ONNX_FORMAT),
-                           (CONTRACT_KEY, json.dumps(contract(predictor, source_sha, _data_summary(predictor))))):
+                           (CONTRACT_KEY, json.dumps(contract(predictor, source_sha, _data_summary(predictor), model_card(predictor))))):
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(model, str(tmp))

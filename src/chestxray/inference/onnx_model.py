@@ -33,7 +33,7 @@ INPUT = "image"
 OUTPUTS = ("logits", "probabilities", "p_infected", "features")
 
 
-def contract(predictor: Predictor, source_sha256: str, data_summary: dict | None = None) -> dict:
+def contract(predictor: Predictor, source_sha256: str, data_summary: dict | None = None, card: str | None = None) -> dict:
     """Everything a consumer needs besides the graph, as plain JSON values."""
     meta = predictor.meta
     ood = predictor.ood
@@ -62,6 +62,7 @@ def contract(predictor: Predictor, source_sha256: str, data_summary: dict | None
             "method": ood.to_dict()["method"], "mean": ood.mean.tolist(), "components": ood.components.tolist(),
             "precision": ood.precision.tolist(), "residual_var": ood.residual_var, "threshold": ood.threshold,
             "quantile": ood.quantile},
+        "model_card": card,
         "note": "Research use only; not a diagnostic device.",
     }
 

@@ -21,6 +21,7 @@ import torch
 from ..data.sources import DataError, Sample, carve_validation, discover, is_synthetic
 from ..errors import ChestXrayError
 from ..evaluation.evaluate import write_json, write_run_outputs
+from ..inference.model_card import write_model_card
 from ..evaluation.metrics import binary_metrics, bootstrap_ci, fit_temperature, operating_points
 from ..inference.predictor import Predictor, checkpoint_path
 from .losses import TaskLoss, balanced_class_weights
@@ -165,6 +166,7 @@ def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, 
               "model": new.meta.get("model_name"), "stage": new.meta.get("stage"), "val_threshold": new.threshold,
               "adaptation": {**new.meta["adaptation"], "before": comparison["before"], "after": comparison["after"]}}
     write_run_outputs(out, new, held_split, new_logits[held], header, None, n_boot, seed, features=site.features[held])
+    write_model_card(new, out)
     result = {"run": str(run), "data": str(data), "n_adaptation": int(len(adapt_idx)), "n_heldout": int(len(held)),
               "head": head, **comparison, "threshold_before": predictor.threshold, "threshold_after": new.threshold,
               "temperature_after": new.temperature}

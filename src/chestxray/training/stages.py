@@ -36,6 +36,7 @@ from ..evaluation.metrics import binary_metrics, fit_temperature, operating_poin
 from ..evaluation.summary import ci_line, summary_table
 from ..data.transforms import Preprocessing
 from ..inference.ood import FeatureDensity
+from ..inference.model_card import write_model_card
 from ..inference.predictor import Predictor
 from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
@@ -374,11 +375,13 @@ def finalise_run(run: Run, results: dict) -> dict:
         "unreadable_skipped": [str(e) for d in run.decoded.values() for e in d.errors],
         "stages": results,
     }
-    return write_run_outputs(
+    metrics = write_run_outputs(
         run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
         run.cfg.train.bootstrap, run.cfg.train.seed, lambda m: summarise(results, m, final, split, run.synthetic),
         run.features[final][split], with_audit=True,
     )
+    write_model_card(predictor, run.out)
+    return metrics
 
 
 def summarise(results: dict, metrics: dict, final_stage: str, split: str, synthetic: bool) -> str:
