@@ -118,3 +118,37 @@ def test_onnx_predictor_is_a_predictor(exported):
     assert isinstance(p, OnnxPredictor) and p.model is None
     assert json.loads(onnx.load(str(exported)).metadata_props[1].value)["format"] == read_contract(exported)["format"]
     assert CONTRACT_KEY == "chestxray.contract"
+
+
+def test_model_card_from_the_runs_files(tiny_run, tiny_data, tmp_path):
+    """Training writes model_card.md; an evaluation on other data appears in it once `card` rewrites it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    card = (run / "model_card.md").read_text()
+    for section in ("## Model details", "## Intended use", "## Out-of-scope uses", "## Factors", "## Training and evaluation data",
+                    "## Metrics", "### Per source", "### Calibration", "### Shortcut audit", "## External validation",
+                    "## Caveats and recommendations"):
+        assert section in card, section
+    assert "SYNTHETIC" in card and "not a diagnostic device" in card and "None run." in card
+    assert sha256(tiny_run / "checkpoints" / "best.ckpt") in card
+    m = json.loads((run / "metrics.json").read_text())
+    used = m["binary"]["at_val_threshold"]
+    row = next(line for line in card.splitlines() if line.startswith("| stored threshold (in use) |"))
+    assert f"| {used['threshold']:.4f} |" in row and row.endswith(f"| {used['roc_auc']:.3f} |")
+    train = pd.read_csv(run / "split.csv").query("split == 'train'")
+    n_covid = int((train["label"] == "covid").sum())
+    assert f"| train | covid | synthetic-phantom | {n_covid} |" in card
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data / "test", other)
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(other), "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["card", str(run)])
+    assert res.exit_code == 0, res.output
+    card = (run / "model_card.md").read_text()
+    assert "None run." not in card and str(other) in card
+    # the exported file carries the card of its run
+    onnx_file = tmp_path / "m.onnx"
+    assert CliRunner().invoke(app, ["export", str(run), "--out", str(onnx_file)]).exit_code == 0
+    assert read_contract(onnx_file)["model_card"] == card

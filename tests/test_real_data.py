@@ -32,3 +32,20 @@ def test_head_stage_on_real_data_beats_the_floor(tmp_path):
     assert test["accuracy"] >= 0.80, test
     sources = set(m["per_source"])
     assert "cohen-covid-chestxray-dataset" in sources and any(s.startswith("nih-chestxray8") for s in sources)
+    # the same run exported to ONNX (verified on its real validation images) predicts the same table on real test images
+    import pandas as pd
+
+    onnx_file = tmp_path / "real.onnx"
+    res = CliRunner().invoke(app, ["export", str(out), "--out", str(onnx_file)])
+    assert res.exit_code == 0, res.output
+    split = pd.read_csv(out / "split.csv")
+    images = split[split["split"] == "test"]["path"].tolist()[::10]
+    tables = []
+    for model in (out, onnx_file):
+        res = CliRunner().invoke(app, ["predict", str(model), *images, "--out", str(tmp_path / f"{model.name}.csv")])
+        assert res.exit_code == 0, res.output
+        tables.append(pd.read_csv(tmp_path / f"{model.name}.csv"))
+    a, b = tables
+    assert list(a["path"]) == list(b["path"]) and len(a) == len(images)
+    assert (a["p_infected"] - b["p_infected"]).abs().max() <= 1e-4
+    assert ((a["predicted"] == b["predicted"]) | ((a["p_infected"] - a["threshold"]).abs() < 1e-4)).all()

@@ -1,0 +1,86 @@
+"""Seed spread and a seed ensemble, from runs of benchmarks/generalization.py that differ only in --seed.
+
+    .venv/bin/python benchmarks/ensemble.py runs/gen-baseline runs/gen-seed1 runs/gen-seed2
+
+Each folder must hold A-cxr-nih-cohen/predictions-test.csv and A-on-kermany/predictions-all.csv (written by
+training and by `chestxray evaluate`). For each member and for the ensemble (the mean of the members'
+P(infected), image by image) it prints ROC-AUC with a 95% patient-level bootstrap interval on the
+cxr-nih-cohen test split (overall and NIH-only) and on all of kermany-peds-train, then the members' spread.
+The ensemble has no validation threshold of its own here, so only ROC-AUC is compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+EVALS = {"in-domain test": ("A-cxr-nih-cohen/predictions-test.csv", SHARED / "cxr-nih-cohen" / "labels.csv", None),
+         "in-domain test, NIH only": ("A-cxr-nih-cohen/predictions-test.csv", SHARED / "cxr-nih-cohen" / "labels.csv", "nih"),
+         "-> kermany-peds-train": ("A-on-kermany/predictions-all.csv", SHARED / "kermany-peds-train" / "labels.csv", None)}
+
+
+def patients(manifest: Path) -> dict[str, str]:
+    with open(manifest, newline="") as f:
+        return {str((manifest.parent / r["path"]).resolve()): r.get("patient_id") or r["path"] for r in csv.DictReader(f)}
+
+
+def auc_ci(y: np.ndarray, p: np.ndarray, groups: list[str], n_boot: int, seed: int = 42) -> tuple[float, list]:
+    from chestxray.evaluation.metrics import binary_metrics, bootstrap_ci
+
+    auc = binary_metrics(y, p)["roc_auc"]
+    ci = bootstrap_ci(y, p, {"auc": 0.5}, groups, n_boot, seed)["auc"]["roc_auc"]
+    return auc, ci
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "ensemble.json"))
+    args = ap.parse_args(argv)
+    rows = {}
+    for name, (rel, manifest, source) in EVALS.items():
+        ids = patients(manifest)
+        tables = []
+        for run in args.runs:
+            path = Path(run) / rel
+            if not path.exists():
+                print(f"{path}: missing (train with this version, or run `chestxray evaluate`)", file=sys.stderr)
+                return 2
+            t = pd.read_csv(path)
+            if source:
+                t = t[t["source"].str.startswith(source)]
+            tables.append(t.set_index("path").sort_index())
+        paths = tables[0].index
+        if any(not t.index.equals(paths) for t in tables):
+            print(f"{name}: the runs predicted different images", file=sys.stderr)
+            return 2
+        y = (tables[0]["label"] != "normal").astype(int).to_numpy()
+        groups = [ids.get(str(Path(p).resolve()), p) for p in paths]
+        members = [auc_ci(y, t["p_infected"].to_numpy(), groups, args.bootstrap) for t in tables]
+        mean_p = np.mean([t["p_infected"].to_numpy() for t in tables], axis=0)
+        rows[name] = {"n": int(len(y)), "n_infected": int(y.sum()), "members": members,
+                      "ensemble": auc_ci(y, mean_p, groups, args.bootstrap)}
+    print(f"members: {', '.join(args.runs)}")
+    print(f"{'evaluation':26s} {'n (inf)':>11s} " + " ".join(f"{'seed run ' + str(i + 1):>22s}" for i in range(len(args.runs)))
+          + f" {'member range':>13s} {'ensemble':>22s}")
+    for name, r in rows.items():
+        cells = " ".join(f"{a:.3f} [{c[0]:.3f}, {c[1]:.3f}]" for a, c in r["members"])
+        aucs = [a for a, _ in r["members"]]
+        e, ec = r["ensemble"]
+        print(f"{name:26s} {r['n']:5d} ({r['n_infected']:4d}) {cells} {max(aucs) - min(aucs):13.3f} {e:.3f} [{ec[0]:.3f}, {ec[1]:.3f}]")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"runs": args.runs, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
