@@ -14,6 +14,7 @@ from chestxray.files import sha256
 from chestxray.data.sources import load_samples
 from chestxray.inference import export as export_mod
 from chestxray.inference.onnx_model import CONTRACT_KEY, OnnxPredictor, read_contract
+from chestxray.inference.load import load_predictor
 from chestxray.inference.predictor import CheckpointError, Predictor
 
 
@@ -101,7 +102,7 @@ def test_export_errors_name_the_problem(tiny_run, exported, tmp_path):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07not a protobuf at all" * 10)
     with pytest.raises(CheckpointError, match="garbage.onnx"):
-        Predictor.load(garbage)
+        load_predictor(garbage)
     plain = tmp_path / "plain.onnx"  # a valid ONNX file that is not a chestxray export
     g = onnx.load(str(exported))
     del g.metadata_props[:]
@@ -114,7 +115,7 @@ def test_export_errors_name_the_problem(tiny_run, exported, tmp_path):
 
 
 def test_onnx_predictor_is_a_predictor(exported):
-    p = Predictor.load(exported)
+    p = load_predictor(exported)
     assert isinstance(p, OnnxPredictor) and p.model is None
     assert json.loads(onnx.load(str(exported)).metadata_props[1].value)["format"] == read_contract(exported)["format"]
     assert CONTRACT_KEY == "chestxray.contract"

@@ -138,7 +138,7 @@ MODEL_ARG = typer.Argument(..., metavar="MODEL", help="Run directory, its checkp
 
 @app.command(cls=_Command)
 def evaluate(
-    run: Path = RUN_ARG,
+    run: Path = MODEL_ARG,
     data: str = typer.Option(..., help="ImageFolder root or CSV manifest."),
     split: Optional[str] = typer.Option(None, help="Split to evaluate.  [default: test; all images where the data has no train/val/test splits]"),
     out: Optional[Path] = typer.Option(None, help="Output folder.  [default: RUN/eval/<data>-<split>]"),
@@ -189,7 +189,7 @@ def _print_audit(result: dict) -> None:
 
 @app.command(cls=_Command)
 def audit(
-    run: Path = RUN_ARG,
+    run: Path = MODEL_ARG,
     data: str = typer.Option(..., help="ImageFolder root or CSV manifest."),
     split: Optional[str] = typer.Option(None, help="Split to audit.  [default: test; all images where the data has no splits]"),
     out: Optional[Path] = typer.Option(None, help="Where audit.json goes.  [default: RUN/audit/<data>-<split>]"),
@@ -201,15 +201,16 @@ def audit(
 
     from .data.sources import evaluation_samples
     from .evaluation.audit import audit as run_audit
-    from .inference.predictor import Predictor
+    from .inference.load import load_predictor
+    from .inference.predictor import run_directory
 
     try:
-        predictor = Predictor.load(run)
+        predictor = load_predictor(run)
         name, samples = evaluation_samples(data, split)
         result = run_audit(predictor, predictor.decode(samples, skip_bad), bootstrap)
     except ChestXrayError as e:
         _fail(e)
-    out = out or (run if run.is_dir() else run.parent.parent) / "audit" / f"{Path(data).stem}-{name}"
+    out = out or run_directory(run) / "audit" / f"{Path(data).stem}-{name}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps({"data": str(data), "split": name, **result}, indent=2))
     _print_audit(result)
@@ -271,7 +272,8 @@ def predict(
     """Predict P(infected), the label at the run's validation threshold, and per-class probabilities."""
     from .data.sources import Sample, read_manifest
     from .inference.predict import check_predictions_out, expand_paths, write_predictions
-    from .inference.predictor import Predictor, checkpoint_path
+    from .inference.load import load_predictor
+    from .inference.predictor import checkpoint_path
 
     try:
         if format not in ("csv", "json"):
@@ -287,7 +289,7 @@ def predict(
             samples = [Sample(p, None) for p in expand_paths(paths)]
         if not samples:
             raise ChestXrayError("nothing to predict")
-        predictor = Predictor.load(run)
+        predictor = load_predictor(run)
         df, errors = predictor.predict(samples, skip_bad)
         text = write_predictions(df, out, format, str(predictor.checkpoint))
     except ChestXrayError as e:
@@ -350,11 +352,11 @@ def export(
 def card(run: Path = RUN_ARG):
     """Write RUN/model_card.md again from the run's own files (training writes it; evaluations added since are included)."""
     from .inference.model_card import write_model_card
-    from .inference.predictor import Predictor, checkpoint_path
+    from .inference.predictor import Predictor, checkpoint_path, run_directory
 
     try:
         predictor = Predictor.load(run)
-        path = write_model_card(predictor, checkpoint_path(run).parent.parent)
+        path = write_model_card(predictor, run_directory(checkpoint_path(run)))
     except ChestXrayError as e:
         _fail(e)
     typer.echo(f"written: {path}")
@@ -394,10 +396,10 @@ def explain(
     """Grad-CAM overlays for the predicted class (eval mode, batched), one PNG per image."""
     from .inference.explain import explain_paths
     from .inference.predict import expand_paths
-    from .inference.predictor import Predictor
+    from .inference.load import load_predictor
 
     try:
-        df = explain_paths(Predictor.load(run), expand_paths(paths), out, skip_bad)
+        df = explain_paths(load_predictor(run), expand_paths(paths), out, skip_bad)
     except ChestXrayError as e:
         _fail(e)
     typer.echo(f"{len(df)} Grad-CAM overlays -> {out} (explanations.csv lists them)")

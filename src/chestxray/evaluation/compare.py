@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data.sources import DataError, evaluation_samples, patient_groups
 from ..errors import ChestXrayError
-from ..inference.predictor import Predictor
+from ..inference.load import load_predictor
 from .metrics import binary_metrics, bootstrap_ci, delong_test
 
 
@@ -19,7 +19,7 @@ def compare_runs(
     """`split` None: the test split, or all of `data` where it has no splits."""
     if len(runs) < 2:
         raise ChestXrayError("compare needs at least two runs")
-    loaded = [Predictor.load(r) for r in runs]
+    loaded = [load_predictor(r) for r in runs]
     data = data or str(loaded[0].training_data)
     split, samples = evaluation_samples(data, split)
     y, ps, rows = None, [], []

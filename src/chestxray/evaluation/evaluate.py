@@ -14,7 +14,8 @@ from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 from ..data.datamodule import DecodedSplit
 from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, patient_groups
 from ..inference.explain import cam_examples
-from ..inference.predictor import Predictor
+from ..inference.load import load_predictor
+from ..inference.predictor import Predictor, run_directory
 from . import plots
 from .audit import audit
 from .metrics import (
@@ -144,14 +145,14 @@ def evaluate_run(
 
     `split` None: the test split, or all of `data` where it has no train/val/test splits (split 'all').
     """
-    predictor = Predictor.load(run)
+    predictor = load_predictor(run)
     split, samples = evaluation_samples(data, split)
     unknown = sorted({s.label for s in samples} - set(predictor.scheme.classes))
     if unknown:
         raise DataError(f"{data}: labels {unknown} in split '{split}' are not among the model's classes {list(predictor.scheme.classes)}")
     decoded = predictor.decode(samples, skip_bad, desc=f"reading {split}")
     logits, features = predictor.forward(decoded.images)
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
+    run_dir = run_directory(run)
     # the same files in another form (folder vs its manifest) still count as the training data
     roots = {p if p.is_dir() else p.parent for p in (predictor.training_data, Path(data).resolve())}
     out = Path(out) if out else run_dir / "eval" / f"{Path(data).stem}-{split}"

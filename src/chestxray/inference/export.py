@@ -26,7 +26,8 @@ from ..errors import ChestXrayError
 from ..files import sha256
 from .onnx_model import CONTRACT_KEY, FORMAT_KEY, INPUT, ONNX_FORMAT, OUTPUTS, OnnxPredictor, contract
 from .model_card import model_card
-from .predictor import Predictor
+from .load import load_predictor
+from .predictor import Predictor, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def verification_samples(predictor: Predictor, images: list[str] | None, limit: 
     """The given images, or the run's validation images (from its split.csv), at most `limit`."""
     if images:
         return [Sample(p, None) for p in images][:limit]
-    split_csv = predictor.checkpoint.parent.parent / "split.csv"
+    split_csv = run_directory(predictor.checkpoint) / "split.csv"
     if not split_csv.exists():
         raise ExportError(f"{split_csv}: not found, so there are no validation images to verify the export on; "
                           "give images with --images")
@@ -72,7 +73,7 @@ def verification_samples(predictor: Predictor, images: list[str] | None, limit: 
 
 
 def _data_summary(predictor: Predictor) -> dict:
-    metrics = predictor.checkpoint.parent.parent / "metrics.json"
+    metrics = run_directory(predictor.checkpoint) / "metrics.json"
     counts = json.loads(metrics.read_text()).get("class_counts") if metrics.exists() else None
     return {"data": predictor.meta.get("data_resolved"), "class_counts": counts}
 
@@ -88,7 +89,7 @@ def export_onnx(run: str | Path, out: str | Path, images: list[str] | None = Non
         raise ExportError(f"{out}: the output name must end in .onnx")
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give a file name such as {out / 'model.onnx'}")
-    predictor = Predictor.load(run)
+    predictor = load_predictor(run)
     graph = ContractGraph(predictor).eval()
     samples = verification_samples(predictor, images, limit)
     decoded = predictor.decode(samples, skip_bad, desc="reading verification images")

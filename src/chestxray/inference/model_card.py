@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import RESEARCH_NOTE, __version__
 from ..files import sha256
-from .predictor import Predictor
+from .predictor import Predictor, run_directory
 
 POINTS = {"at_val_threshold": "stored threshold (in use)", "at_0.5": "0.5", "at_best_f1": "best F1 on validation",
           "at_youden": "Youden on validation", "at_sensitivity_0.95": "sensitivity 0.95 on validation"}
@@ -58,7 +58,7 @@ def model_card(predictor: Predictor) -> str:
     """The card of the predictor's run (or the card carried by an exported file)."""
     if predictor.model is None:  # an exported file: the card of its run, as written at export
         return predictor.meta.get("model_card") or "# Model card\n\nThis exported file carries no model card.\n"
-    return run_model_card(predictor, predictor.checkpoint.parent.parent)
+    return run_model_card(predictor, run_directory(predictor.checkpoint))
 
 
 def run_model_card(predictor: Predictor, run_dir: Path) -> str:

@@ -176,12 +176,8 @@ class Predictor:
 
     @classmethod
     def load(cls, run_or_ckpt: str | Path) -> "Predictor":
-        """From a run directory, its checkpoints/best.ckpt, or a file written by `chestxray export` (.onnx)."""
+        """From a run directory or its checkpoints/best.ckpt (`inference.load.load_predictor` also takes .onnx files)."""
         path = checkpoint_path(run_or_ckpt)
-        if path.suffix.lower() == ".onnx":
-            from .onnx_model import OnnxPredictor
-
-            return OnnxPredictor.load(path)
         ckpt = torch_load(path, "chestxray checkpoint", CheckpointError)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
@@ -201,6 +197,15 @@ class Predictor:
             float(ckpt.get("temperature", 1.0)), {k: v for k, v in ckpt.items() if k not in own}, path.resolve(),
             FeatureDensity.from_dict(ckpt["ood"]) if ckpt.get("ood") else None,
         )
+
+
+def run_directory(model: str | Path) -> Path:
+    """The folder a model's run files sit in: the run directory itself, the run of a checkpoints/best.ckpt,
+    or the folder of an exported .onnx file."""
+    p = Path(model)
+    if p.is_dir():
+        return p
+    return p.parent if p.suffix.lower() == ".onnx" else p.parent.parent
 
 
 def checkpoint_path(run_or_ckpt: str | Path) -> Path:

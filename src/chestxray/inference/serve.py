@@ -32,7 +32,7 @@ from .. import RESEARCH_NOTE, __version__
 from ..data.cache import decode_resized
 from ..data.io import XrayReadError
 from ..files import sha256
-from .predictor import Predictor
+from .load import load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Service:
     def __init__(self, model: str | Path, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS):
         from .model_card import model_card
 
-        self.predictor = Predictor.load(model)
+        self.predictor = load_predictor(model)
         self.lock = threading.Lock()  # one model call at a time (Grad-CAM hooks the same network)
         meta = self.predictor.meta
         source = (meta.get("source_checkpoint") or {}).get("sha256")

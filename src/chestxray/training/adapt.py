@@ -23,7 +23,8 @@ from ..errors import ChestXrayError
 from ..evaluation.evaluate import write_json, write_run_outputs
 from ..inference.model_card import write_model_card
 from ..evaluation.metrics import binary_metrics, bootstrap_ci, fit_temperature, operating_points
-from ..inference.predictor import Predictor, checkpoint_path
+from ..inference.load import load_predictor
+from ..inference.predictor import Predictor, run_directory, checkpoint_path
 from .losses import TaskLoss, balanced_class_weights
 from .stages import choose_point
 
@@ -141,7 +142,7 @@ def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, 
               target_sensitivity: float | None = None) -> dict:
     """Recalibrate RUN for the site DATA into the run directory OUT; return the before/after comparison."""
     out = Path(out)
-    predictor = Predictor.load(run)
+    predictor = load_predictor(run)
     predictor.torch_model("adapt")  # RUN2 is a complete run with its own checkpoint
     site = load_site(predictor, data, skip_bad)
     adapt_idx, held = split_site(site.samples, n, seed)
@@ -152,7 +153,7 @@ def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, 
                 "adaptation": {"data": str(data), "n": int(len(adapt_idx)), "head": head, "seed": seed}}
     out.mkdir(parents=True, exist_ok=True)
     new.save(out / "checkpoints" / "best.ckpt")
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
+    run_dir = run_directory(run)
     if (run_dir / "config.yaml").exists():
         shutil.copy(run_dir / "config.yaml", out / "config.yaml")
     with open(out / "split.csv", "w", newline="") as f:
