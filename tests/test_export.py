@@ -153,3 +153,15 @@ def test_model_card_from_the_runs_files(tiny_run, tiny_data, tmp_path):
     onnx_file = tmp_path / "m.onnx"
     assert CliRunner().invoke(app, ["export", str(run), "--out", str(onnx_file)]).exit_code == 0
     assert read_contract(onnx_file)["model_card"] == card
+
+
+def test_evaluate_an_onnx_file(exported, tiny_run, tiny_data, tmp_path):
+    """evaluate runs on the exported file and gives the PyTorch run's figures."""
+    figures = {}
+    for name, model in (("torch", tiny_run), ("onnx", exported)):
+        res = CliRunner().invoke(app, ["evaluate", str(model), "--data", str(tiny_data), "--bootstrap", "0",
+                                       "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        figures[name] = json.loads((tmp_path / name / "metrics.json").read_text())["binary"]["at_val_threshold"]
+    assert figures["onnx"]["roc_auc"] == pytest.approx(figures["torch"]["roc_auc"], abs=1e-3)
+    assert figures["onnx"]["confusion_matrix"] == figures["torch"]["confusion_matrix"]

@@ -133,7 +133,7 @@ def write_run_outputs(
     write_json(outdir / "metrics.json", metrics)
     predictor.table(split, logits, features).to_csv(
         outdir / f"predictions-{header.get('split') or 'all'}.csv", index=False)
-    write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits))
+    write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits) if predictor.model is not None else [])  # Grad-CAM needs PyTorch
     return metrics
 
 
