@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,30 +62,144 @@ def _check_size(path: Path, width: int, height: int, frames: int = 1) -> None:
         )
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+# Compressed pixel data: pydicom decodes through python-gdcm (JPEG Baseline, JPEG Lossless, JPEG-LS,
+# JPEG 2000; BSD-licensed, one wheel) and its own RLE decoder. 12-bit JPEG Extended, which pydicom does
+# not hand to GDCM, is decoded by imagecodecs (libjpeg-turbo, BSD). pylibjpeg's libjpeg plugin would cover
+# the JPEG family too, but it is GPL-3.0, which this Apache-2.0 project does not take as a dependency.
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+_quiet = False
+
+
+def _quiet_decoders() -> None:
+    """Keep pydicom's and GDCM's own messages off the terminal: a bad file is reported once, by us."""
+    global _quiet
+    if _quiet:
+        return
+    import logging
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    try:
+        import gdcm
+
+        gdcm.Trace.WarningOff()
+        gdcm.Trace.ErrorOff()
+        gdcm.Trace.DebugOff()
+    except ImportError:
+        pass
+    _quiet = True
+
+
+@contextmanager
+def _native_stderr_silenced(active: bool = True):
+    """The C decoders (OpenJPEG inside GDCM) print to file descriptor 2 themselves; point it at /dev/null
+    while they run, so that a bad file is reported once, by us."""
+    if not active:
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _parse_dicom(path: Path):
+    """The dataset at `path`; files without the 128-byte preamble and 'DICM' are read with force=True, and
+    a missing Transfer Syntax UID is inferred from how the file parsed."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
         ds = pydicom.dcmread(path)
-        _check_size(path, int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "Rows", 0) or 0),
-                    int(getattr(ds, "NumberOfFrames", 1) or 1))
-        arr = ds.pixel_array
-    except XrayReadError:
-        raise
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, force=True)
+        if not len(ds):
+            raise XrayReadError(path, "not DICOM: no preamble and no data elements") from None
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        implicit = getattr(ds, "original_encoding", (None, None))[0]
+        little = getattr(ds, "original_encoding", (None, True))[1]
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
+    return ds
+
+
+def _pixels(path: Path, ds) -> np.ndarray:
+    """The stored pixel values of a single-frame dataset (after decompression, before any LUT)."""
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise XrayReadError(path, "DICOM without pixel data (not an image: a report, a DICOMDIR or a structured document)")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise XrayReadError(path, f"multi-frame DICOM ({frames} frames): expected a single radiograph")
+    _check_size(path, int(getattr(ds, "Columns", 0) or 0), int(getattr(ds, "Rows", 0) or 0))
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    try:
+        with _native_stderr_silenced(ds.file_meta.TransferSyntaxUID.is_compressed):
+            return ds.pixel_array
     except Exception as e:  # pydicom raises many types for bad files
-        raise XrayReadError(path, f"cannot decode DICOM: {e}") from e
-    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        arr = arr[0]  # multi-frame: the first frame
-    if arr.ndim == 3:
-        arr = arr.astype(np.float64).mean(axis=-1)
-    else:
-        arr = apply_modality_lut(arr, ds)
-        arr = apply_voi_lut(arr, ds)  # window centre/width or VOI LUT when present
+        if syntax == JPEG_EXTENDED and getattr(ds, "SamplesPerPixel", 1) == 1:
+            return _jpeg_extended(path, ds)
+        raise XrayReadError(path, f"cannot decode DICOM pixel data ({getattr(ds.file_meta.get('TransferSyntaxUID'), 'name', syntax or 'unknown transfer syntax')}): "
+                                  f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
+
+
+def _jpeg_extended(path: Path, ds) -> np.ndarray:
+    import imagecodecs
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        arr = imagecodecs.jpeg_decode(frame)
+    except Exception as e:
+        raise XrayReadError(path, f"cannot decode DICOM JPEG Extended pixel data: {e}") from e
+    if arr.shape != (int(ds.Rows), int(ds.Columns)):
+        raise XrayReadError(path, f"JPEG Extended frame is {arr.shape}, the header says {ds.Rows} x {ds.Columns}")
+    return arr
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    _quiet_decoders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on every non-conformant element; one error is enough
+        try:
+            ds = _parse_dicom(path)
+            arr = _pixels(path, ds)
+        except XrayReadError:
+            raise
+        except Exception as e:  # pydicom raises many types for bad files
+            raise XrayReadError(path, f"cannot decode DICOM: {e}") from e
+        photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+        if arr.ndim == 3:  # colour: RGB (pydicom converts YBR to RGB) or a palette
+            arr = arr[..., :3].astype(np.float64).mean(axis=-1)
+        else:
+            arr = apply_modality_lut(arr, ds)
+            arr = apply_voi_lut(arr, ds)  # window centre/width or VOI LUT when present
     out = to_uint8(np.asarray(arr))
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if photometric == "MONOCHROME1":
         out = 255 - out  # MONOCHROME1: low values are white
     return out
+
+
+def _parses_as_dicom_image(path: Path) -> bool:
+    """Does a file that no raster format recognises parse as a DICOM dataset with image rows and pixel data?"""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _quiet_decoders()
+            ds = _parse_dicom(path)
+        return "Rows" in ds and any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    except Exception:
+        return False
 
 
 def _read_raster(path: Path) -> np.ndarray:
@@ -97,6 +213,8 @@ def _read_raster(path: Path) -> np.ndarray:
         size = f"of {int(n.group(1)):,} pixels " if n else ""
         raise XrayReadError(path, f"image {size}is larger than the {_LIMIT} limit (from its header; not decoded)") from e
     except UnidentifiedImageError as e:
+        if _parses_as_dicom_image(path):  # DICOM without the preamble and 'DICM'
+            return _read_dicom(path)
         raise XrayReadError(path, "not a recognised image format (corrupt or not an image)") from e
     except Exception as e:  # Pillow's plugins raise many types on malformed headers
         raise XrayReadError(path, f"cannot read image header: {e}") from e
