@@ -77,7 +77,7 @@ def _quiet_decoders() -> None:
         return
     import logging
 
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # it logs decode failures with tracebacks; we raise them
     try:
         import gdcm
 
@@ -174,17 +174,18 @@ def _read_dicom(path: Path) -> np.ndarray:
         try:
             ds = _parse_dicom(path)
             arr = _pixels(path, ds)
+            # elements are parsed lazily: a malformed one raises here, not at dcmread
+            photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
+            if arr.ndim == 3:  # colour: RGB (pydicom converts YBR to RGB) or a palette
+                arr = arr[..., :3].astype(np.float64).mean(axis=-1)
+            else:
+                arr = apply_modality_lut(arr, ds)
+                arr = apply_voi_lut(arr, ds)  # window centre/width or VOI LUT when present
+            out = to_uint8(np.asarray(arr))
         except XrayReadError:
             raise
         except Exception as e:  # pydicom raises many types for bad files
-            raise XrayReadError(path, f"cannot decode DICOM: {e}") from e
-        photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
-        if arr.ndim == 3:  # colour: RGB (pydicom converts YBR to RGB) or a palette
-            arr = arr[..., :3].astype(np.float64).mean(axis=-1)
-        else:
-            arr = apply_modality_lut(arr, ds)
-            arr = apply_voi_lut(arr, ds)  # window centre/width or VOI LUT when present
-    out = to_uint8(np.asarray(arr))
+            raise XrayReadError(path, f"cannot decode DICOM: {type(e).__name__}: {e}") from e
     if photometric == "MONOCHROME1":
         out = 255 - out  # MONOCHROME1: low values are white
     return out
@@ -221,7 +222,8 @@ def _read_raster(path: Path) -> np.ndarray:
     try:
         with im:
             _check_size(path, *im.size)  # only the first frame of a multi-page file is decoded
-            im.load()
+            with _native_stderr_silenced(im.format == "TIFF"):  # libtiff prints its complaints itself
+                im.load()
             if im.mode in ("RGB", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr", "1", "L"):
                 return np.asarray(im.convert("L"), dtype=np.uint8)
             # 16-bit and 32-bit integer or float single-channel images
@@ -248,7 +250,9 @@ def read_xray(path: str | Path) -> np.ndarray:
         raise XrayReadError(path, "is a directory, not an image")
     if path.stat().st_size == 0:
         raise XrayReadError(path, "empty file (0 bytes)")
-    arr = _read_dicom(path) if is_dicom(path) else _read_raster(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's and pydicom's complaints about a file: it reads, or it raises one error
+        arr = _read_dicom(path) if is_dicom(path) else _read_raster(path)
     if arr.ndim != 2 or min(arr.shape) < 8:
         raise XrayReadError(path, f"unexpected image shape {arr.shape}")
     return np.ascontiguousarray(arr)
