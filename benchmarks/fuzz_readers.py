@@ -17,7 +17,6 @@ import json
 import multiprocessing as mp
 import random
 import resource
-import struct
 import sys
 import tempfile
 import time
@@ -26,36 +25,6 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def mutate(rng: random.Random, data: bytes) -> tuple[str, bytes]:
-    d = bytearray(data)
-    kind = rng.choice(["truncate", "flip", "overwrite", "insert", "garbage", "header", "repeat"])
-    if kind == "truncate":
-        d = d[: rng.randrange(len(d))]
-    elif kind == "flip":
-        for _ in range(rng.randint(1, 16)):
-            i = rng.randrange(len(d))
-            d[i] ^= 1 << rng.randrange(8)
-    elif kind == "overwrite":
-        i = rng.randrange(len(d))
-        d[i: i + rng.randint(1, 64)] = rng.randbytes(rng.randint(1, 64))
-    elif kind == "insert":
-        i = rng.randrange(len(d) + 1)
-        d[i:i] = rng.randbytes(rng.randint(1, 256))
-    elif kind == "garbage":
-        d = bytearray(rng.randbytes(rng.randint(0, 4096)))
-    elif kind == "header":
-        i = rng.randrange(max(1, min(400, len(d) - 4)))
-        fmt = rng.choice([">I", "<I", ">H", "<H"])
-        big = rng.choice([0, 1, 65535, 50_000] if "H" in fmt else [0, 65535, 100_000, 2 ** 31 - 1, 2 ** 32 - 1])
-        packed = struct.pack(fmt, big)
-        d[i: i + len(packed)] = packed
-    else:  # a chunk repeated: long runs, duplicated markers
-        i = rng.randrange(len(d))
-        chunk = d[i: i + rng.randint(1, 64)]
-        d[i:i] = chunk * rng.randint(2, 50)
-    return kind, bytes(d)
 
 
 def worker(conn, memory_mb: int, folder: str) -> None:
@@ -116,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "fuzz"))
     args = ap.parse_args(argv)
 
-    from chestxray.data.seeds import seed_files
+    from chestxray.data.seeds import mutate, seed_files
 
     seeds = seed_files()
     out = Path(args.out)

@@ -204,8 +204,10 @@ def _parses_as_dicom_image(path: Path) -> bool:
 
 
 def _read_raster(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        tiff = f.read(4) in (b"II*\x00", b"MM\x00*")  # libtiff prints its complaints itself: silenced below
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _native_stderr_silenced(tiff):
             # Pillow warns above its own limit and raises above twice that; ours is checked first
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
@@ -222,7 +224,7 @@ def _read_raster(path: Path) -> np.ndarray:
     try:
         with im:
             _check_size(path, *im.size)  # only the first frame of a multi-page file is decoded
-            with _native_stderr_silenced(im.format == "TIFF"):  # libtiff prints its complaints itself
+            with _native_stderr_silenced(tiff):
                 im.load()
             if im.mode in ("RGB", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr", "1", "L"):
                 return np.asarray(im.convert("L"), dtype=np.uint8)

@@ -1,8 +1,11 @@
-"""Small valid X-ray files in every format the reader takes: seeds for the fuzz test and the fuzz benchmark."""
+"""Small valid X-ray files in every format the reader takes, and how to break them: for the fuzz test and
+benchmarks/fuzz_readers.py."""
 
 from __future__ import annotations
 
 import io
+import random
+import struct
 import warnings
 
 import numpy as np
@@ -52,3 +55,35 @@ def seed_files(side: int = 48) -> dict[str, bytes]:
     out["seed_rle.dcm"] = _dicom(img12, rle=True)
     out["seed_mono1.dcm"] = _dicom(img12, monochrome1=True)
     return out
+
+
+def mutate(rng: random.Random, data: bytes) -> tuple[str, bytes]:
+    """(kind of mutation, the mutated bytes): truncated, bit-flipped, overwritten, inserted, garbage, a header
+    field set to a large number, or a chunk repeated."""
+    d = bytearray(data)
+    kind = rng.choice(["truncate", "flip", "overwrite", "insert", "garbage", "header", "repeat"])
+    if kind == "truncate":
+        d = d[: rng.randrange(len(d))]
+    elif kind == "flip":
+        for _ in range(rng.randint(1, 16)):
+            i = rng.randrange(len(d))
+            d[i] ^= 1 << rng.randrange(8)
+    elif kind == "overwrite":
+        i = rng.randrange(len(d))
+        d[i: i + rng.randint(1, 64)] = rng.randbytes(rng.randint(1, 64))
+    elif kind == "insert":
+        i = rng.randrange(len(d) + 1)
+        d[i:i] = rng.randbytes(rng.randint(1, 256))
+    elif kind == "garbage":
+        d = bytearray(rng.randbytes(rng.randint(0, 4096)))
+    elif kind == "header":
+        i = rng.randrange(max(1, min(400, len(d) - 4)))
+        fmt = rng.choice([">I", "<I", ">H", "<H"])
+        big = rng.choice([0, 1, 65535, 50_000] if "H" in fmt else [0, 65535, 100_000, 2 ** 31 - 1, 2 ** 32 - 1])
+        packed = struct.pack(fmt, big)
+        d[i: i + len(packed)] = packed
+    else:  # a chunk repeated: long runs, duplicated markers
+        i = rng.randrange(len(d))
+        chunk = d[i: i + rng.randint(1, 64)]
+        d[i:i] = chunk * rng.randint(2, 50)
+    return kind, bytes(d)
