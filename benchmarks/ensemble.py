@@ -58,13 +58,14 @@ def main(argv=None) -> int:
             t = pd.read_csv(path)
             if source:
                 t = t[t["source"].str.startswith(source)]
+            t = t.assign(path=[str(Path(p).resolve()) for p in t["path"]])  # relative or absolute, as the data was given
             tables.append(t.set_index("path").sort_index())
         paths = tables[0].index
         if any(not t.index.equals(paths) for t in tables):
             print(f"{name}: the runs predicted different images", file=sys.stderr)
             return 2
         y = (tables[0]["label"] != "normal").astype(int).to_numpy()
-        groups = [ids.get(str(Path(p).resolve()), p) for p in paths]
+        groups = [ids.get(p, p) for p in paths]
         members = [auc_ci(y, t["p_infected"].to_numpy(), groups, args.bootstrap) for t in tables]
         mean_p = np.mean([t["p_infected"].to_numpy() for t in tables], axis=0)
         rows[name] = {"n": int(len(y)), "n_infected": int(y.sum()), "members": members,
