@@ -6,7 +6,6 @@
 The run is exported with `chestxray export` (verified) into a temporary folder unless --onnx is given.
 Every engine computes the same thing: decoded uint8 images (batch, 1, S, S) in, logits, probabilities,
 P(infected) and pooled features out (the exported graph; for PyTorch the same ContractGraph module).
-PyTorch runs with denormals flushed to zero, as Predictor.forward does on CPU; one row keeps them, to show why.
 Reported: images/s at batch 1 and batch 32, single-image latency p50/p95 (batch 1, after warm-up), and the
 largest difference in P(infected) from fp32 PyTorch. Images: the run's validation split.
 """
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
 
     from chestxray.data.sources import evaluation_samples
     from chestxray.inference.export import ContractGraph, export_onnx
-    from chestxray.inference.predictor import Predictor, flushed_denormals
+    from chestxray.inference.predictor import Predictor
 
     predictor = Predictor.load(args.run)
     tmp = tempfile.mkdtemp(prefix="chestxray-bench-")
@@ -65,25 +64,18 @@ def main(argv=None) -> int:
     graph = ContractGraph(predictor).eval()
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
 
-    cpu = torch.device("cpu")
-
-    def torch_fp32(b):  # as Predictor.forward runs it
-        with torch.inference_mode(), flushed_denormals(cpu):
-            return graph(b)[2].numpy()
-
-    def torch_fp32_denormals(b):
+    def torch_fp32(b):
         with torch.inference_mode():
             return graph(b)[2].numpy()
 
     def torch_bf16(b):
-        with torch.inference_mode(), flushed_denormals(cpu), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             return graph(b)[2].float().numpy()
 
     def onnx(b):
         return session.run(["p_infected"], {"image": b.numpy()})[0]
 
-    engines = {"pytorch eager fp32": torch_fp32, "pytorch fp32, denormals kept": torch_fp32_denormals,
-               "pytorch bf16 autocast": torch_bf16, "onnxruntime fp32": onnx}
+    engines = {"pytorch eager fp32": torch_fp32, "pytorch bf16 autocast": torch_bf16, "onnxruntime fp32": onnx}
     reference = np.concatenate([torch_fp32(b) for b in batches[32]])
     rows = []
     for name, fn in engines.items():

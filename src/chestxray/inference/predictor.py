@@ -9,7 +9,6 @@ taken on the forward pass that `predict` runs.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,25 +32,6 @@ BATCH_SIZE = 64  # one batch size everywhere: kernels chosen per batch shape cou
 
 class CheckpointError(ChestXrayError):
     pass
-
-
-@contextmanager
-def flushed_denormals(device: torch.device):
-    """On CPU, flush denormal floats (below about 1e-38) to zero while the model runs.
-
-    Trained weights produce denormal activations, which the CPU handles in slow microcode: measured on
-    the default model, a single-image forward went from about 600 ms to about 100 ms on the 2-core
-    machine. No probability moves by more than float32 rounding. The setting is process-wide in torch,
-    so it is switched back off afterwards.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 @dataclass
@@ -82,11 +62,10 @@ class Predictor:
         prep = self.preprocessing
         ds = DecodedDataset(images, None, prep.eval_transform())
         logits, feats = [], []
-        with flushed_denormals(device):
-            for x, _, _ in make_loader(ds, BATCH_SIZE, train=False):
-                spatial = model.forward_features(prep.model_input(x.to(device)))
-                feats.append(model.forward_head(spatial, pre_logits=True).flatten(1).float().cpu())
-                logits.append(model.forward_head(spatial).float().cpu())
+        for x, _, _ in make_loader(ds, BATCH_SIZE, train=False):
+            spatial = model.forward_features(prep.model_input(x.to(device)))
+            feats.append(model.forward_head(spatial, pre_logits=True).flatten(1).float().cpu())
+            logits.append(model.forward_head(spatial).float().cpu())
         model.train(was_training)
         if not logits:
             return torch.zeros(0, self.scheme.num_outputs), torch.zeros(0, 0)
