@@ -19,7 +19,7 @@ def test_ddp_two_processes_on_cpu(tiny_data, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     # one process wrote the run directory and printed the summary
     assert res.stdout.count("head best: val") == 1, res.stdout
-    assert sorted(p.name for p in (out / "checkpoints" / "head").iterdir()) == ["best.ckpt"]
+    assert sorted(p.name for p in (out / "checkpoints" / "head").iterdir()) == ["best.ckpt", "best.ckpt.sha256", "last.ckpt", "last.ckpt.sha256"]
     assert sorted(p.name for p in (out / "logs" / "head").iterdir()) == ["version_0"]
     m = json.loads((out / "metrics.json").read_text())
     hist = pd.read_csv(out / "history.csv")

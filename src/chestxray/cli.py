@@ -112,20 +112,50 @@ def config_options(command):
 @app.command(cls=_Command)
 @config_options
 def train(
-    out: Path = typer.Option(..., help="Run directory to create."),
+    out: Optional[Path] = typer.Option(None, help="Run directory to create (required unless --resume)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue this interrupted run from its last complete epoch, with its own config."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out run directory (its files are deleted)."),
     config: Optional[Path] = typer.Option(None, help="YAML file setting any option below (nested data/model/train sections or flat); flags override it."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     overrides: dict = None,
 ):
     """Train a classifier: head stage on the frozen backbone, then fine-tuning; evaluate on test."""
+    from .training.runstate import Interrupted, config_differences, interrupts_raise, read_progress
     from .training.stages import train_run
 
     try:
-        cfg = Config.load(config) if config else Config()
-        cfg.update(overrides)
-        metrics = train_run(cfg, out, progress=not quiet)
+        if resume:
+            if out and out.resolve() != resume.resolve():
+                raise ChestXrayError(f"--resume {resume} continues that run in place; leave out --out (or give the same folder)")
+            if overwrite:
+                raise ChestXrayError("--resume and --overwrite contradict each other: give one")
+            out = resume
+            if not (resume / "config.yaml").exists():
+                raise ChestXrayError(f"{resume}: not a run directory to resume (no config.yaml)")
+            cfg = Config.load(resume / "config.yaml")
+            given = Config.load(resume / "config.yaml")
+            if config:
+                given = Config.load(config)
+            given.update(overrides)
+            differ = config_differences(cfg.to_dict(), given.to_dict())
+            if differ:
+                raise ChestXrayError(f"{resume}: a resumed run keeps its config, and these differ: {'; '.join(differ)}. "
+                                     "Leave them out, or start a new run with --out")
+        elif out is None:
+            raise ChestXrayError("give --out RUN_DIR for a new run, or --resume RUN_DIR to continue one")
+        else:
+            cfg = Config.load(config) if config else Config()
+            cfg.update(overrides)
+        with interrupts_raise():
+            metrics = train_run(cfg, out, progress=not quiet, resume=bool(resume), overwrite=overwrite)
     except ChestXrayError as e:
         _fail(e)
+    except Interrupted as e:
+        state = read_progress(out) if out and out.exists() else {"done": []}
+        done = ", ".join(state["done"]) or "none"
+        typer.echo(f"\ninterrupted ({e}): stages finished: {done}; an unfinished stage goes on from its last complete epoch. "
+                   f"Resume with: chestxray train --resume {out}", err=True)
+        raise typer.Exit(e.exit_code)
     if not metrics:  # another DDP process: rank zero reports
         return
     typer.echo("\n" + metrics["summary"])
@@ -471,7 +501,7 @@ def demo(
     cfg.update({"data": data, "img_size": img_size, "epochs_head": 6, "epochs_finetune": 3, "lr": 3e-3, "lr_finetune": 1e-3})
     run = out / "run"
     try:
-        metrics = train_run(cfg, run, progress=not quiet)
+        metrics = train_run(cfg, run, progress=not quiet, overwrite=True)  # the demo's run is a scratch folder
         typer.echo("\n" + metrics["summary"])
         splits = load_samples(data)
         name = "unlabelled" if splits.get("unlabelled") else "test"

@@ -1,9 +1,18 @@
-"""Reading the project's binary files with errors that name the file and never advise unsafe loading."""
+"""The project's files: read with errors that name the file (never advising unsafe loading), and written so
+that they cannot be half-written: to a temporary name in the same folder, then renamed into place.
+
+A checkpoint also gets a sidecar `NAME.sha256` with its size and SHA-256, written after it; reading
+verifies it, so a truncated or corrupted file is refused (checkpoints) or rebuilt (caches), never used.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import os
 import pickle
+from contextlib import contextmanager
 import warnings
 import zipfile
 from pathlib import Path
@@ -43,3 +52,70 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class DiskFullError(ChestXrayError):
+    pass
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside `path`; on success it replaces `path` (an atomic rename), on any failure
+    it is removed and `path`, if it existed, is left as it was. A full disk becomes one error naming the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"{path}: no space left on the device while writing it; "
+                                "the earlier file (if any) is unchanged") from e
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checked(obj, path: str | Path) -> None:
+    """torch.save atomically, then record the file's size and SHA-256 beside it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    write_text(checksum_path(path), json.dumps({"bytes": path.stat().st_size, "sha256": sha256(path)}))
+
+
+def verify(path: str | Path, what: str, error: type[ChestXrayError] = ChestXrayError) -> None:
+    """Refuse a file whose size or SHA-256 differs from what was recorded when it was written.
+    Files written before checksums were recorded (no sidecar) pass."""
+    path = Path(path)
+    side = checksum_path(path)
+    if not side.exists() or not path.exists():
+        return
+    try:
+        record = json.loads(side.read_text())
+    except (OSError, ValueError):
+        raise error(f"{side}: the checksum record of {path.name} is unreadable") from None
+    size = path.stat().st_size
+    if size != record.get("bytes"):
+        raise error(f"{path}: truncated or corrupt {what}: {size:,} bytes, {record.get('bytes'):,} when it was written")
+    if sha256(path) != record.get("sha256"):
+        raise error(f"{path}: corrupt {what}: its SHA-256 differs from the one recorded when it was written")
+
+
+def load_checked(path: str | Path, what: str, error: type[ChestXrayError] = ChestXrayError):
+    """`verify`, then `torch_load` (weights_only=True)."""
+    verify(path, what, error)
+    return torch_load(path, what, error)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..files import sha256
 from .io import XrayReadError, read_xray
 
 log = logging.getLogger("chestxray")
@@ -72,6 +73,23 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_VERIFIED: set[tuple[str, int, int]] = set()  # shards whose checksum this process has checked: (path, size, mtime)
+
+
+def shard_problem(npy: Path, record: dict) -> str | None:
+    """Why a cache shard cannot be used (size or SHA-256 unlike the record written with it), or None.
+    Shards from before checksums were recorded pass on their size alone when they have none."""
+    st = npy.stat()
+    if "bytes" in record and st.st_size != record["bytes"]:
+        return f"{st.st_size:,} bytes, {record['bytes']:,} when it was written (truncated)"
+    key = (str(npy), st.st_size, st.st_mtime_ns)
+    if "sha256" in record and key not in _VERIFIED:
+        if sha256(npy) != record["sha256"]:
+            return "its SHA-256 differs from the one recorded when it was written (corrupt)"
+        _VERIFIED.add(key)
+    return None
+
+
 class ImageStore:
     """A read-only sequence of (side, side) uint8 images spread over memory-mapped shards."""
 
@@ -95,12 +113,24 @@ class DecodedCache:
         self._shards: dict[str, np.ndarray] = {}
 
     def _index(self) -> dict[str, tuple[str, int]]:
+        """key -> (shard, row) over the shards that pass their size and checksum records (others are removed,
+        so their images are decoded again)."""
         index = {}
         for meta in sorted(self.dir.glob("shard-*.json")):
             name = meta.stem
-            if not (self.dir / f"{name}.npy").exists():
+            npy = self.dir / f"{name}.npy"
+            try:
+                record = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                record = None
+            problem = "its key list is unreadable" if record is None else "its image file is missing" if not npy.exists() \
+                else shard_problem(npy, record)
+            if problem:
+                log.warning("decoded-image cache shard %s: %s; removed, its images will be decoded again", npy, problem)
+                npy.unlink(missing_ok=True)
+                meta.unlink(missing_ok=True)
                 continue
-            for row, key in enumerate(json.loads(meta.read_text())["keys"]):
+            for row, key in enumerate(record["keys"]):
                 index[key] = (name, row)
         return index
 
@@ -143,7 +173,8 @@ class DecodedCache:
                 os.replace(self.dir / f".{name}.trim.npy", tmp)
             os.replace(tmp, self.dir / f"{name}.npy")
             tmp_meta = self.dir / f".{name}.json.tmp"
-            tmp_meta.write_text(json.dumps({"keys": ok_keys}))
+            shard = self.dir / f"{name}.npy"
+            tmp_meta.write_text(json.dumps({"keys": ok_keys, "bytes": shard.stat().st_size, "sha256": sha256(shard)}))
             os.replace(tmp_meta, self.dir / f"{name}.json")  # the shard exists once its key list does
         tmp.unlink(missing_ok=True)
         return errors

@@ -56,14 +56,34 @@ def make_dataset(split: DecodedSplit, scheme: TaskScheme | None, prep: Preproces
     return DecodedDataset(split.images, targets, tf)
 
 
+class EpochShuffle(Sampler):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone: Lightning calls set_epoch, so a stage
+    resumed at epoch k shuffles exactly as an uninterrupted one does at epoch k."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, train: bool, workers: int = 0, seed: int = 0, sampler: Sampler | None = None
 ) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
+    if train and sampler is None:
+        sampler = EpochShuffle(len(dataset), seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
+        shuffle=False,
         sampler=sampler,
         drop_last=train and len(dataset) > batch_size,
         num_workers=workers,

@@ -23,7 +23,7 @@ from ..data.labels import TaskScheme
 from ..data.sources import Sample
 from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
-from ..files import torch_load
+from ..files import load_checked, save_checked
 from .ood import FeatureDensity
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
@@ -139,8 +139,8 @@ class Predictor:
     # --- checkpoint ------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({
+        """Atomically, with a size and SHA-256 record beside it (files.save_checked)."""
+        save_checked({
             "format": CHECKPOINT_FORMAT,
             "state_dict": self.model.state_dict(),
             "scheme": self.scheme.to_dict(),
@@ -157,7 +157,7 @@ class Predictor:
     def load(cls, run_or_ckpt: str | Path) -> "Predictor":
         """From a run directory or its checkpoints/best.ckpt (`inference.load.load_predictor` also takes .onnx files)."""
         path = checkpoint_path(run_or_ckpt)
-        ckpt = torch_load(path, "chestxray checkpoint", CheckpointError)
+        ckpt = load_checked(path, "chestxray checkpoint", CheckpointError)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
                 f"{path}: not a chestxray checkpoint (expected checkpoints/best.ckpt written by `chestxray train`)"

@@ -19,6 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.datamodule import DecodedDataset, make_loader
+from ..errors import ChestXrayError
+from ..files import load_checked, save_checked
 from ..data.transforms import Preprocessing
 from .backbones import head_prefixes, is_head_param
 
@@ -124,9 +126,10 @@ def cached_features(cache_dir: Path, key_parts: list[str], compute: Callable[[],
     path = cache_dir / "features" / f"{key}.pt"
     with file_lock(cache_dir / "features" / ".lock"):
         if path.exists():
-            return torch.load(path, weights_only=True)
+            try:
+                return load_checked(path, "feature cache")
+            except ChestXrayError as e:  # truncated or corrupt: computed again, never used
+                log.warning("%s; computing the features again", e)
         feats = compute()
-        tmp = path.with_suffix(".tmp")
-        torch.save(feats, tmp)
-        tmp.replace(path)
+        save_checked(feats, path)
     return feats

@@ -76,6 +76,13 @@ class ClassifierModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
         loss = self.criterion(self(x), y)
+        if not torch.isfinite(loss):
+            from .runstate import NonFiniteLoss
+
+            raise NonFiniteLoss(
+                f"{self.stage} stage, epoch {self.current_epoch + 1}, batch {batch_idx + 1}: the training loss is "
+                f"{float(loss.detach())}; training stopped. The best epoch so far is kept in checkpoints/{self.stage}/best.ckpt. "
+                "Try a lower --lr / --lr-finetune, or --precision 32-true")
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 

@@ -36,11 +36,14 @@ from ..evaluation.metrics import binary_metrics, fit_temperature, operating_poin
 from ..evaluation.summary import ci_line, summary_table
 from ..data.transforms import Preprocessing
 from ..inference.ood import FeatureDensity
+from ..files import load_checked, write_text
 from ..inference.model_card import write_model_card
 from ..inference.predictor import Predictor
 from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
-from .losses import balanced_class_weights
+from .losses import TaskLoss, balanced_class_weights
+from .runstate import (CheckedCheckpointIO, KillAfter, RandomState, RunDirError, TrainingCheckpointError,
+                       claim_run_dir, mark_progress, read_progress)
 from .module import ClassifierModule
 from .progress import progress_callbacks
 
@@ -113,7 +116,8 @@ def read_history(log_dir: Path, stage: str, offset: int) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame()
     df = pd.read_csv(path).drop(columns=["step"], errors="ignore")
-    df = df.groupby("epoch", as_index=False).first()
+    # one row per epoch (train and val metrics are logged apart); an epoch run again after a resume: its last run
+    df = df.groupby("epoch", as_index=False).last()
     df.insert(0, "stage", stage)
     df.insert(1, "global_epoch", df["epoch"] + offset)
     return df
@@ -182,6 +186,7 @@ class Run:
     logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> logits
     features: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> pooled features
     histories: list[pd.DataFrame] = field(default_factory=list)
+    resume: bool = False  # continuing an interrupted run: finished stages are scored, not trained again
 
     @property
     def model(self) -> nn.Module:
@@ -199,9 +204,13 @@ class Run:
         return torch.stack([self.scheme.target(s.label) for s in self.decoded[split].samples])
 
 
-def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
-    """Train the configured stages into run directory `out`; evaluate the chosen model; return its metrics."""
-    run = prepare_run(cfg, Path(out))
+def train_run(cfg: Config, out: str | Path, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train the configured stages into run directory `out`; evaluate the chosen model; return its metrics.
+
+    `resume`: `out` is an interrupted run of this same config: finished stages are not trained again, an
+    interrupted one continues from its last complete epoch. `overwrite`: an existing `out` is replaced.
+    """
+    run = prepare_run(cfg, Path(out), resume, overwrite)
     results = {}
     for stage in parse_stages(cfg.train.stages):
         if (cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune) > 0:
@@ -209,14 +218,20 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     if not run.writer:
         return {}  # other DDP processes only train; the writer reports
     choose_final_model(run, results)
-    return finalise_run(run, results)
+    metrics = finalise_run(run, results)
+    mark_progress(run.out, finished=True)
+    return metrics
 
 
-def prepare_run(cfg: Config, out: Path) -> Run:
+def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False) -> Run:
     """Options, data checks, splits, weights, decoded images; the run directory's first files."""
     cfg.validate()  # every option, before any data is read or any directory made
     if not cfg.data.data:
         raise DataError("no data: give --data or set data in --config")
+    if launched_as_global_zero():
+        claim_run_dir(out, resume, overwrite)
+        if resume and read_progress(out).get("finished"):
+            raise RunDirError(f"{out}: this run finished; there is nothing to resume")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device banners and tips
     warnings.filterwarnings("ignore", ".*treespec.*")
     get_spec(cfg.model.model)  # fail on an unknown model before decoding anything
@@ -224,7 +239,9 @@ def prepare_run(cfg: Config, out: Path) -> Run:
     writer = launched_as_global_zero()
     splits, scheme = prepare_splits(cfg)
     synthetic = is_synthetic(cfg.data.data)
-    if writer:
+    if writer and resume:
+        check_same_split(out / "split.csv", splits)
+    elif writer:
         out.mkdir(parents=True, exist_ok=True)
         write_split_csv(out / "split.csv", splits)
         cfg.save(out / "config.yaml")
@@ -245,7 +262,7 @@ def prepare_run(cfg: Config, out: Path) -> Run:
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
     prep = Preprocessing(cfg.data.img_size, *normalisation(model), intensity=cfg.data.intensity)
     run = Run(cfg, out, writer, scheme, decoded, Predictor(model, scheme, prep), origin,
-              resolve_precision(cfg.train.precision), synthetic)
+              resolve_precision(cfg.train.precision), synthetic, resume=resume)
     if cfg.train.class_weights:
         run.class_weights = balanced_class_weights(scheme.task, list(run.targets("train")), scheme.num_outputs)
     return run
@@ -271,14 +288,17 @@ def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
     return module, StageData(train_ds, val_ds, bs, cfg.data.workers, cfg.train.seed)
 
 
-def make_trainer(run: Run, stage: str, n_train: int, progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
+def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing: bool) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The stage's Trainer: best epoch (weights) and last epoch (everything, for --resume) checkpointed each epoch."""
     cfg = run.cfg
     ckpt_dir = run.out / "checkpoints" / stage
-    if run.writer:
+    if run.writer and not continuing:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(run.out / "logs" / stage, ignore_errors=True)
     mode = "min" if cfg.train.monitor == "val_loss" else "max"
     ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=True)
+    # monitor None, top 1: the latest epoch, replacing the one before (save_last only follows another save)
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     shown, bar = progress_callbacks(stage, n_train, progress and run.writer)
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune,
@@ -288,8 +308,10 @@ def make_trainer(run: Run, stage: str, n_train: int, progress: bool) -> tuple[L.
         num_nodes=cfg.train.num_nodes,
         strategy=cfg.train.strategy,
         deterministic=cfg.train.deterministic,
-        callbacks=[ckpt_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode), *shown],
-        logger=CSVLogger(run.out / "logs", name=stage, version=0),
+        callbacks=[ckpt_cb, last_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode),
+                   RandomState(), *shown, KillAfter(stage)],
+        plugins=[CheckedCheckpointIO()],
+        logger=CSVLogger(run.out / "logs", name=stage, version=0, flush_logs_every_n_steps=1),  # on disk before a crash
         enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=1,
@@ -301,34 +323,71 @@ def make_trainer(run: Run, stage: str, n_train: int, progress: bool) -> tuple[L.
 
 
 def fit_stage(run: Run, stage: str, progress: bool) -> dict:
-    """Train one stage, keep its best epoch, and score that model on validation (and test)."""
+    """Train one stage (or, resuming, take it as it finished), keep its best epoch, and score that model."""
     # each stage starts from the same random state, whatever ran before it (a cold or a warm feature cache)
     L.seed_everything(run.cfg.train.seed + STAGES.index(stage), workers=True, verbose=False)
-    if run.cfg.train.channels_last:
-        run.model.to(memory_format=torch.channels_last)
-    module, data = stage_inputs(run, stage)
-    trainer, ckpt_cb = make_trainer(run, stage, len(data.train_ds), progress)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BN, on purpose
-        trainer.fit(module, datamodule=data)
-    best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(best)  # the best epoch, not the last
+    ckpt_dir = run.out / "checkpoints" / stage
+    done = run.resume and stage in read_progress(run.out)["done"]
+    if done:  # finished before the interruption: its best weights, scored again below (the same forward pass)
+        best = load_checked(ckpt_dir / "best.ckpt", f"{stage} checkpoint", TrainingCheckpointError)["state_dict"]
+        run.model.load_state_dict({k[len("model."):]: v for k, v in best.items() if k.startswith("model.")})
+        criterion = stage_criterion(run)
+    else:
+        last = ckpt_dir / "last.ckpt"
+        continuing = run.resume and last.exists()
+        if run.cfg.train.channels_last:
+            run.model.to(memory_format=torch.channels_last)
+        module, data = stage_inputs(run, stage)
+        trainer, ckpt_cb = make_trainer(run, stage, len(data.train_ds), progress, continuing)
+        log_csv = run.out / "logs" / stage / "version_0" / "metrics.csv"
+        earlier = pd.read_csv(log_csv) if continuing and log_csv.exists() else None  # the logger starts its file anew
+        if continuing:
+            log.info("resuming the %s stage from %s", stage, last)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BN, on purpose
+            warnings.filterwarnings("ignore", ".*Experiment logs directory.*")
+            trainer.fit(module, datamodule=data, ckpt_path=str(last) if continuing else None)
+        if earlier is not None and run.writer:
+            later = pd.read_csv(log_csv) if log_csv.exists() else pd.DataFrame()
+            write_text(log_csv, pd.concat([earlier, later], ignore_index=True).to_csv(index=False))
+        best = load_checked(ckpt_cb.best_model_path, f"{stage} checkpoint", TrainingCheckpointError)["state_dict"]
+        module.load_state_dict(best)  # the best epoch, not the last
+        criterion = module.criterion
     run.model.cpu().to(memory_format=torch.contiguous_format)  # as a loaded checkpoint is: the same numbers
     if not run.writer:
         return {}
+    mark_progress(run.out, done=[stage])
     run.states[stage] = copy.deepcopy(run.model.state_dict())
     hist = read_history(run.out / "logs", stage, sum(len(h) for h in run.histories))
     run.histories.append(hist)
     outputs = {k: run.predictor.forward(run.decoded[k].images) for k in ("val", "test") if k in run.decoded}
     run.logits[stage] = {k: v[0] for k, v in outputs.items()}
     run.features[stage] = {k: v[1] for k, v in outputs.items()}
-    val_loss = float(module.criterion(run.logits[stage]["val"], run.targets("val")))
+    val_loss = float(criterion(run.logits[stage]["val"], run.targets("val")))
     val_m = binary_metrics(run.infected("val"), run.scheme.p_infected(run.logits[stage]["val"]).numpy(), 0.5)
     res = {"val": val_m, "val_loss": val_loss, "score": _score(run.cfg.train.monitor, val_m, val_loss), "epochs_run": len(hist)}
     if run.eval_split == "test":
         res["test"] = binary_metrics(run.infected("test"), run.scheme.p_infected(run.logits[stage]["test"]).numpy(), 0.5)
     return res
+
+
+def stage_criterion(run: Run) -> TaskLoss:
+    """The loss the stage's module uses (for the validation loss of a stage finished before a resume)."""
+    t = run.cfg.train
+    return TaskLoss(run.scheme.task, t.loss, t.focal_gamma, t.focal_alpha, run.class_weights)
+
+
+def check_same_split(path: Path, splits: dict) -> None:
+    """A resumed run must see the data it started with: the same images in the same splits."""
+    from ..data.sources import read_manifest
+
+    saved = read_manifest(path).splits
+    now = {k: sorted(s.path for s in v) for k, v in splits.items()}
+    before = {k: sorted(s.path for s in v) for k, v in saved.items() if k in now}
+    if now != before:
+        raise RunDirError(f"{path}: the data changed since the run started (other images or splits); "
+                          "a resumed run must train on the same data; start a new run with --out")
 
 
 def choose_final_model(run: Run, results: dict) -> None:
