@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/serve_load.py [--model runs/generalization/A-cxr-nih-cohen] [--requests 2000]
         [--clients 1,4,16] [--time-limit 90] [--out runs/serve_load.json]
 
-For each setting (batching on: --max-batch 16 --max-wait-ms 5; off: --max-batch 1) a server is started as
+For each setting (batching on: --max-batch 16, the default; off: --max-batch 1) a server is started as
 a subprocess on a free loopback port, and for each client count that many concurrent clients send
 single-image POST /predict requests (real validation images of the run, round robin) until --requests
 are done or --time-limit seconds pass. Reported: throughput, latency p50/p95/p99, errors (non-200 or
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"batching on": ["--max-batch", "16", "--max-wait-ms", "5"], "batching off": ["--max-batch", "1"]}
+SETTINGS = {"batching on": ["--max-batch", "16"], "batching off": ["--max-batch", "1"]}
 
 
 def free_port() -> int:
@@ -102,7 +102,8 @@ async def load(url: str, blobs: list[bytes], clients: int, requests: int, time_l
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "runs" / "generalization" / "A-cxr-nih-cohen"))
+    ap.add_argument("--model", default=str(ROOT / "runs" / "generalization" / "A-cxr-nih-cohen"), help="the run (its validation images are sent)")
+    ap.add_argument("--serve", default=None, help="what the server loads, if not the run itself (e.g. the run exported to .onnx)")
     ap.add_argument("--requests", type=int, default=2000, help="requests per client count and setting")
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--time-limit", type=float, default=90.0, help="seconds per client count and setting, at most")
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     blobs = [Path(s.path).read_bytes() for s in samples]
     rows = []
     for setting, flags in SETTINGS.items():
-        proc, url = start_server(args.model, flags)
+        proc, url = start_server(args.serve or args.model, flags)
         try:
             for clients in (int(c) for c in args.clients.split(",")):
                 before = batch_sizes(url)
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         on = next(r for r in rows if r["setting"] == "batching on" and r["clients"] == c)
         off = next(r for r in rows if r["setting"] == "batching off" and r["clients"] == c)
         print(f"  {c:3d} clients: {on['throughput_rps'] / off['throughput_rps']:.2f}x")
-    info = {"model": args.model, "images": len(blobs), "cpus": os.cpu_count(), "rows": rows}
+    info = {"model": args.model, "served": args.serve or args.model, "images": len(blobs), "cpus": os.cpu_count(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(info, indent=2))
     return 0

@@ -86,7 +86,8 @@ def test_an_existing_run_is_not_replaced_silently(tiny_data, tmp_path):
     assert "lr: 0.01" in (out / "config.yaml").read_text()
 
 
-def test_sigterm_says_where_it_stopped_and_how_to_resume(tiny_data, tmp_path):
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_says_where_it_stopped_and_how_to_resume(tiny_data, tmp_path, sig, code):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-c", "from chestxray.cli import main; main()", "train", "--data", str(tiny_data),
                              "--out", str(out), "--img-size", "64", "--stages", "finetune", "--epochs-finetune", "200",
@@ -94,11 +95,12 @@ def test_sigterm_says_where_it_stopped_and_how_to_resume(tiny_data, tmp_path):
     deadline = time.time() + 300
     while not (out / "checkpoints" / "finetune" / "last.ckpt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 143, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]
-    assert "interrupted (SIGTERM)" in lines[-1] and f"chestxray train --resume {out}" in lines[-1]
+    assert f"interrupted ({sig.name})" in lines[-1] and f"chestxray train --resume {out}" in lines[-1]
+    assert "Traceback" not in err
 
 
 def test_a_nan_loss_stops_the_run_naming_where(tiny_data, tmp_path, monkeypatch):
@@ -198,3 +200,26 @@ def test_corrupt_cache_shards_and_feature_files_are_rebuilt(tmp_path, tiny_data,
     with caplog.at_level(logging.WARNING, logger="chestxray"):
         again = cached_features(tmp_path, ["k"], compute)
     assert len(calls) == 2 and torch.equal(again, torch.arange(6.0)) and "computing the features again" in caplog.text
+
+
+def test_disk_full_while_building_the_cache(tmp_path, tiny_data, monkeypatch):
+    import numpy as np
+
+    from chestxray.data.cache import decode_all
+    from chestxray.data.sources import load_samples
+
+    paths = [s.path for s in load_samples(tiny_data)["train"]]
+    images, _, _ = decode_all(paths[:4], 32, cache_dir=tmp_path)
+    first = np.stack([images[i] for i in range(4)])
+    shards = sorted((tmp_path / "decoded" / "32").iterdir())
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(DiskFullError, match="no space left for 4 decoded images"):
+        decode_all(paths[4:8], 32, cache_dir=tmp_path)
+    monkeypatch.undo()
+    assert sorted((tmp_path / "decoded" / "32").iterdir()) == shards  # nothing half-written left behind
+    images, _, _ = decode_all(paths[:4], 32, cache_dir=tmp_path)
+    np.testing.assert_array_equal(np.stack([images[i] for i in range(4)]), first)

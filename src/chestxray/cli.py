@@ -231,6 +231,7 @@ def audit(
 
     from .data.sources import evaluation_samples
     from .evaluation.audit import audit as run_audit
+    from .files import write_text
     from .inference.load import load_predictor
     from .inference.predictor import run_directory
 
@@ -242,7 +243,7 @@ def audit(
         _fail(e)
     out = out or run_directory(run) / "audit" / f"{Path(data).stem}-{name}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps({"data": str(data), "split": name, **result}, indent=2))
+    write_text(out / "audit.json", json.dumps({"data": str(data), "split": name, **result}, indent=2))
     _print_audit(result)
     typer.echo(f"written: {out / 'audit.json'}")
 
@@ -400,7 +401,7 @@ def serve(
     max_upload_mb: float = typer.Option(32, min=0.001, help="Largest request body, in MB."),
     max_files: int = typer.Option(16, min=1, help="Most images in one request."),
     max_batch: int = typer.Option(16, min=1, help="Most images grouped into one forward pass (1: no micro-batching)."),
-    max_wait_ms: float = typer.Option(5.0, min=0, help="Longest wait for more requests to fill a batch, in ms."),
+    max_wait_ms: float = typer.Option(5.0, min=0, help="Under concurrent load, the longest wait for more requests to fill a batch, in ms (a lone request never waits)."),
     api_key: Optional[str] = typer.Option(None, envvar="CHESTXRAY_API_KEY", show_envvar=True,
                                           help="Require this key (header X-API-Key) on /predict, /model and /metrics."),
 ):

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .files import write_text
 
 
 def option(default, help: str, choices: tuple | None = None, ge=None, gt=None, le=None, lt=None, flag: str | None = None):
@@ -115,7 +116,7 @@ class Config:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":

@@ -17,7 +17,6 @@ import warnings
 import zipfile
 from pathlib import Path
 
-import torch
 
 from .errors import ChestXrayError
 
@@ -28,6 +27,8 @@ def torch_load(path: str | Path, what: str, error: type[ChestXrayError] = ChestX
     A missing, empty, truncated or foreign file raises `error` naming the file and `what` it should be.
     torch's own message is not passed on: it advises weights_only=False, which would run code from the file.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} not found")
@@ -91,6 +92,8 @@ def checksum_path(path: Path) -> Path:
 
 def save_checked(obj, path: str | Path) -> None:
     """torch.save atomically, then record the file's size and SHA-256 beside it."""
+    import torch
+
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

@@ -9,6 +9,7 @@ share a cache one builds and the others wait, then read.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -23,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..files import sha256
+from ..files import DiskFullError, sha256
 from .io import XrayReadError, read_xray
 
 log = logging.getLogger("chestxray")
@@ -144,6 +145,18 @@ class DecodedCache:
         name = f"shard-{uuid.uuid4().hex[:12]}"
         tmp = self.dir / f".{name}.npy.tmp"
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), self.side, self.side))
+        try:  # reserve the blocks now: a full disk is an error here, not a SIGBUS while writing the memory map
+            with open(tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
+        except OSError as e:
+            del out
+            tmp.unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"{self.dir}: no space left for {len(paths)} decoded images "
+                                    f"({len(paths) * self.side * self.side / 2 ** 20:.0f} MB); the cached images are unchanged. "
+                                    "Free space or give --cache-dir elsewhere") from e
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without fallocate: go on
+                raise
         errors, ok_keys = {}, []
         log.info("%s: decoding %d images into the cache at %s", desc, len(paths), self.dir)
         bar = tqdm(total=len(paths), desc=desc, leave=False, disable=None)  # no bar when not a terminal

@@ -236,7 +236,9 @@ def carve_validation(
 
 
 def write_split_csv(path: Path, splits: dict[str, list[Sample]]) -> None:
-    with open(path, "w", newline="") as f:
+    from ..files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["split", "path", "label", "patient_id", "source"])
         for split, samples in splits.items():

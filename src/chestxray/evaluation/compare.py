@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import write_text
 from ..data.sources import DataError, evaluation_samples, patient_groups
 from ..errors import ChestXrayError
 from ..inference.load import load_predictor
@@ -44,7 +45,7 @@ def compare_runs(
     _roc_plot(y, ps, [f"{r['model']} {r['loss']} ({Path(r['run']).name})" for r in rows], out / "roc_compare.png")
     result = {"data": str(data), "split": split, "n": int(len(y)), "n_infected": int(y.sum()), "runs": rows,
               "delong_vs_first": tests, "note": "Research tool, not a diagnostic device."}
-    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    write_text(out / "compare.json", json.dumps(result, indent=2))
     return result
 
 

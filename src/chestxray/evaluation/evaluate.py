@@ -14,6 +14,7 @@ from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 from ..data.datamodule import DecodedSplit
 from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, patient_groups
 from ..inference.explain import cam_examples
+from ..files import write_text
 from ..inference.load import load_predictor
 from ..inference.predictor import Predictor, run_directory
 from . import plots
@@ -30,7 +31,7 @@ from .report import write_report
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    write_text(path, json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def evaluate_logits(predictor: Predictor, logits: torch.Tensor, samples: list[Sample], n_boot: int = 1000, seed: int = 0) -> dict:
@@ -131,8 +132,7 @@ def write_run_outputs(
     if summarise is not None:
         metrics["summary"] = summarise(metrics)
     write_json(outdir / "metrics.json", metrics)
-    predictor.table(split, logits, features).to_csv(
-        outdir / f"predictions-{header.get('split') or 'all'}.csv", index=False)
+    write_text(outdir / f"predictions-{header.get('split') or 'all'}.csv", predictor.table(split, logits, features).to_csv(index=False))
     write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits) if predictor.model is not None else [])  # Grad-CAM needs PyTorch
     return metrics
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from ..files import write_text
 from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 
 KEYS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1")
@@ -167,5 +168,5 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
         parts.append(f"<h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
     parts.append("</body></html>")
     path = outdir / "report.html"
-    path.write_text("\n".join(parts))
+    write_text(path, "\n".join(parts))
     return path

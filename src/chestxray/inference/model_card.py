@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import RESEARCH_NOTE, __version__
-from ..files import sha256
+from ..files import sha256, write_text
 from .predictor import Predictor, run_directory
 
 POINTS = {"at_val_threshold": "stored threshold (in use)", "at_0.5": "0.5", "at_best_f1": "best F1 on validation",
@@ -169,5 +169,5 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
 
 def write_model_card(predictor: Predictor, run_dir: Path) -> Path:
     path = Path(run_dir) / "model_card.md"
-    path.write_text(run_model_card(predictor, Path(run_dir)))
+    write_text(path, run_model_card(predictor, Path(run_dir)))
     return path

@@ -9,6 +9,7 @@ import pandas as pd
 from .. import RESEARCH_NOTE
 from ..data.io import IMAGE_SUFFIXES
 from ..errors import ChestXrayError
+from ..files import write_text
 
 
 def expand_paths(paths: list[str | Path]) -> list[str]:
@@ -63,6 +64,5 @@ def write_predictions(df: pd.DataFrame, out: str, fmt: str, run: str) -> str:
     else:
         text = df.to_csv(index=False)
     if out != "-":
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+        write_text(out, text)
     return text

@@ -5,7 +5,9 @@ GET /health, GET /ready, GET /model (contract and model card), GET /metrics (Pro
 
 Uploads are sniffed by content, written only into a per-request temporary folder that is removed, and
 read by the same reader as the CLI. Concurrent requests are grouped into one forward pass (up to
-`max_batch` images, waiting at most `max_wait_ms` for more). Every bad request gets a 4xx with a JSON
+`max_batch` images): requests that arrive while the model runs form the next batch, and while requests
+arrive together (the last batch held several) the batcher also waits up to `max_wait_ms` for more; a lone
+request is never held back. Every bad request gets a 4xx with a JSON
 body {"error": ...} naming the file and the problem, and the server keeps serving.
 """
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_MB = 32
 MAX_FILES = 16
 MAX_BATCH = 16
-MAX_WAIT_MS = 5.0
+MAX_WAIT_MS = 5.0  # under concurrent load only: a lone request never waits
 API_KEY_ENV = "CHESTXRAY_API_KEY"
 STATIC = Path(__file__).parent / "static"
 
@@ -95,9 +97,12 @@ class MicroBatcher:
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
+        concurrent = False  # did the last batch hold more than one image (requests are arriving together)?
         while True:
             batch = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait_s
+            concurrent = concurrent or not self.queue.empty()
+            # a lone request goes at once; under concurrent load, wait up to max_wait for the batch to fill
+            deadline = loop.time() + (self.max_wait_s if concurrent else 0.0)
             while len(batch) < self.max_batch:
                 if not self.queue.empty():
                     batch.append(self.queue.get_nowait())
@@ -109,6 +114,7 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), left))
                 except asyncio.TimeoutError:
                     break
+            concurrent = len(batch) > 1
             if self.on_batch:
                 self.on_batch(len(batch))
             try:

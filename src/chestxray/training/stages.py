@@ -419,7 +419,7 @@ def finalise_run(run: Run, results: dict) -> dict:
     predictor, final, split = run.predictor, run.predictor.meta["stage"], run.eval_split
     predictor.save(run.out / "checkpoints" / "best.ckpt")
     history = pd.concat(run.histories, ignore_index=True) if run.histories else pd.DataFrame()
-    history.to_csv(run.out / "history.csv", index=False)
+    write_text(run.out / "history.csv", history.to_csv(index=False))
     header = {
         "data": run.cfg.data.data,
         "split": split,
