@@ -223,3 +223,17 @@ def test_disk_full_while_building_the_cache(tmp_path, tiny_data, monkeypatch):
     assert sorted((tmp_path / "decoded" / "32").iterdir()) == shards  # nothing half-written left behind
     images, _, _ = decode_all(paths[:4], 32, cache_dir=tmp_path)
     np.testing.assert_array_equal(np.stack([images[i] for i in range(4)]), first)
+
+
+def test_resume_from_a_run_trained_on_a_relative_data_path(tiny_data, tmp_path, monkeypatch):
+    """split.csv holds absolute paths, so a resumed run (and export's verification) finds the same images."""
+    monkeypatch.chdir(tiny_data.parent)
+    out = tmp_path / "rel"
+    res = cli("train", "--data", tiny_data.name, "--out", out, "--img-size", "64", "--stages", "head", "--epochs-head", "3",
+              "--bootstrap", "0", "--quiet", env={"CHESTXRAY_KILL_AFTER": "head:1"})
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    import pandas as pd
+
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in pd.read_csv(out / "split.csv")["path"])
+    res = cli("train", "--resume", out)
+    assert res.returncode == 0, res.stderr[-2000:]

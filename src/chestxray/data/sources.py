@@ -236,6 +236,7 @@ def carve_validation(
 
 
 def write_split_csv(path: Path, splits: dict[str, list[Sample]]) -> None:
+    """Every image with its split, as a manifest that reads the same from anywhere (absolute paths)."""
     from ..files import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -243,4 +244,4 @@ def write_split_csv(path: Path, splits: dict[str, list[Sample]]) -> None:
         w.writerow(["split", "path", "label", "patient_id", "source"])
         for split, samples in splits.items():
             for s in samples:
-                w.writerow([split, s.path, s.label or "", s.patient_id or "", s.source or ""])
+                w.writerow([split, str(Path(s.path).resolve()), s.label or "", s.patient_id or "", s.source or ""])

@@ -383,8 +383,8 @@ def check_same_split(path: Path, splits: dict) -> None:
     from ..data.sources import read_manifest
 
     saved = read_manifest(path).splits
-    now = {k: sorted(s.path for s in v) for k, v in splits.items()}
-    before = {k: sorted(s.path for s in v) for k, v in saved.items() if k in now}
+    now = {k: sorted(str(Path(s.path).resolve()) for s in v) for k, v in splits.items()}
+    before = {k: sorted(str(Path(s.path).resolve()) for s in v) for k, v in saved.items() if k in now}
     if now != before:
         raise RunDirError(f"{path}: the data changed since the run started (other images or splits); "
                           "a resumed run must train on the same data; start a new run with --out")
