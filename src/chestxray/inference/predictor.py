@@ -101,25 +101,31 @@ class Predictor:
     def decode(self, samples: list[Sample], skip_bad: bool = False, cache_dir=None, desc: str = "reading") -> DecodedSplit:
         return decode_split(samples, self.preprocessing.img_size, skip_bad, desc, cache_dir)
 
-    def table(self, split: DecodedSplit, logits: torch.Tensor, features: torch.Tensor | None = None) -> pd.DataFrame:
-        """One row per image: P(infected) at full precision, the decision, per-class probabilities, and
-        (given the features) how unlike the training images it is."""
+    def outputs(self, logits: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """Per image: P(infected) at full precision, the decision, per-class probabilities (`p_<name>`), the
+        argmax class (multiclass), and (given the features) how unlike the training images it is."""
         scheme = self.scheme
         p_inf = self.p_infected(logits)
         probs = self.probabilities(logits).numpy()
-        df = pd.DataFrame({"path": [s.path for s in split.samples], "p_infected": p_inf,
-                           "predicted": self.decide(p_inf), "threshold": self.threshold})
+        out = {"p_infected": p_inf, "predicted": self.decide(p_inf)}
         if scheme.task == "binary":
-            df[f"p_{scheme.normal_class}"] = 1 - p_inf
+            out[f"p_{scheme.normal_class}"] = 1 - p_inf
         else:
             for j, name in enumerate(scheme.output_names):
-                df[f"p_{name}"] = probs[:, j]
+                out[f"p_{name}"] = probs[:, j]
         if scheme.task == "multiclass":
-            df["predicted_class"] = [scheme.classes[i] for i in probs.argmax(1)]
+            out["predicted_class"] = np.array([scheme.classes[i] for i in probs.argmax(1)])
         if features is not None and self.ood is not None:
             scores = self.ood.score(features.numpy())
-            df["ood_score"] = scores
-            df["out_of_distribution"] = self.ood.flag(scores)
+            out["ood_score"] = scores
+            out["out_of_distribution"] = self.ood.flag(scores)
+        return out
+
+    def table(self, split: DecodedSplit, logits: torch.Tensor, features: torch.Tensor | None = None) -> pd.DataFrame:
+        """One row per image: its path, `outputs`, the threshold, and the label and source where known."""
+        cols = self.outputs(logits, features)
+        df = pd.DataFrame({"path": [s.path for s in split.samples], "p_infected": cols.pop("p_infected"),
+                           "predicted": cols.pop("predicted"), "threshold": self.threshold, **cols})
         if any(s.label for s in split.samples):
             df["label"] = [s.label or "" for s in split.samples]
         if any(s.source for s in split.samples):

@@ -165,20 +165,18 @@ class Service:
         p = self.predictor
         with self.lock:
             logits, features = p.forward(images)
-        p_inf = p.p_infected(logits)
-        probs = p.probabilities(logits).numpy()
-        scores = p.ood_scores(features) if len(features) else None
+        cols = p.outputs(logits, features if len(features) else None)
+        per_class = {k[2:]: v for k, v in cols.items() if k.startswith("p_") and k != "p_infected"}
+        if p.scheme.task == "binary":
+            per_class["infected"] = cols["p_infected"]
         out = []
         for i in range(len(images)):
-            if p.scheme.task == "binary":
-                per_class = {p.scheme.normal_class: float(1 - p_inf[i]), "infected": float(p_inf[i])}
-            else:
-                per_class = {name: float(probs[i, j]) for j, name in enumerate(p.scheme.output_names)}
-            r = {"p_infected": float(p_inf[i]), "probabilities": per_class, "predicted": str(p.decide(p_inf[i:i + 1])[0])}
-            if p.scheme.task == "multiclass":
-                r["predicted_class"] = p.scheme.classes[int(probs[i].argmax())]
-            if scores is not None:
-                r["out_of_distribution"] = {"score": float(scores[i]), "flag": bool(p.ood.flag(scores[i:i + 1])[0]),
+            r = {"p_infected": float(cols["p_infected"][i]), "probabilities": {k: float(v[i]) for k, v in per_class.items()},
+                 "predicted": str(cols["predicted"][i])}
+            if "predicted_class" in cols:
+                r["predicted_class"] = str(cols["predicted_class"][i])
+            if "ood_score" in cols:
+                r["out_of_distribution"] = {"score": float(cols["ood_score"][i]), "flag": bool(cols["out_of_distribution"][i]),
                                             "threshold": p.ood.threshold}
             out.append(r)
         return out
