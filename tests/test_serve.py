@@ -72,6 +72,15 @@ def test_every_format_by_content_not_name(client, images, tmp_path):
     assert len(p) == 4 and all(0 <= v <= 1 for v in p.values())
     assert abs(p["image-JPEG.txt"] - p["image-PNG.txt"]) < 0.2  # same picture, lossy copy
     assert sniff(blobs["DICOM"]) == ".dcm" and sniff(b"GIF89a") is None
+    # a DICOM written without preamble and File Meta has no signature; the reader still takes it
+    import pydicom
+
+    ds = pydicom.dcmread(tmp_path / "x.dcm")
+    ds.preamble, ds.file_meta = None, pydicom.dataset.FileMetaDataset()
+    ds.save_as(tmp_path / "bare", enforce_file_format=False, implicit_vr=False, little_endian=True)
+    res = post(client, [("bare", (tmp_path / "bare").read_bytes(), "application/octet-stream")])
+    assert res.status_code == 200, res.text
+    assert res.json()["predictions"][0]["p_infected"] == pytest.approx(p["image-DICOM.txt"], abs=1e-6)
 
 
 @pytest.mark.parametrize("case", ["no file", "empty", "not an image", "corrupt png", "truncated dicom", "bomb",

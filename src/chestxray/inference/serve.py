@@ -152,13 +152,13 @@ class Service:
         if not data:
             raise RequestError(400, f"{name}: empty file (0 bytes)")
         suffix = sniff(data)
-        if suffix is None:
-            raise RequestError(415, f"{name}: not a PNG, JPEG, TIFF, BMP or DICOM image (judged by its content)")
-        path = folder / f"upload-{index}{suffix}"
+        path = folder / f"upload-{index}{suffix or ''}"  # no known signature: the reader still tries DICOM without preamble
         path.write_bytes(data)
         try:
             return decode_resized(str(path), self.predictor.preprocessing.stored_side)
         except XrayReadError as e:
+            if suffix is None:
+                raise RequestError(415, f"{name}: not a PNG, JPEG, TIFF, BMP or DICOM image (judged by its content)") from e
             raise RequestError(422, f"{name}: {e.reason}") from e
 
     def run_batch(self, images: list[np.ndarray]) -> list[dict]:
