@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..data.sources import Sample, evaluation_samples
 from ..errors import ChestXrayError
-from ..files import sha256
+from ..files import atomic_path, sha256
 from .onnx_model import CONTRACT_KEY, FORMAT_KEY, INPUT, ONNX_FORMAT, OUTPUTS, OnnxPredictor, contract
 from .model_card import model_card
 from .load import load_predictor
@@ -98,8 +97,8 @@ def export_onnx(run: str | Path, out: str | Path, images: list[str] | None = Non
     side = predictor.preprocessing.img_size
     example = torch.zeros(2, 1, side, side, dtype=torch.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    # written beside OUT and renamed into place only once verified; removed on any failure
+    with atomic_path(out) as tmp:
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each step on stdout
             torch.onnx.export(
                 graph, (example,), str(tmp), input_names=[INPUT], output_names=list(OUTPUTS), opset_version=OPSET,
@@ -124,9 +123,6 @@ def export_onnx(run: str | Path, out: str | Path, images: list[str] | None = Non
         if not diff <= tolerance:  # NaN fails too
             raise ExportError(f"{out}: not written: onnxruntime and PyTorch differ by {diff:.2e} in P(infected) on "
                               f"{len(p_torch)} images (tolerance {tolerance:.0e})")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"path": str(out), "n_images": len(p_torch), "max_abs_diff_p_infected": diff, "decisions_differing": disagree,
             "tolerance": tolerance, "opset": OPSET, "source_checkpoint": str(predictor.checkpoint), "source_sha256": source_sha,
             "bytes": out.stat().st_size, "skipped": [str(e) for e in decoded.errors], "seconds": time.time() - t0}
