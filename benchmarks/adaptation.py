@@ -1,13 +1,13 @@
 """Site recalibration benchmark: a model trained on cxr-nih-cohen, adapted to kermany-peds-train.
 
     .venv/bin/python benchmarks/adaptation.py --run runs/generalization/A-cxr-nih-cohen [--n 50 100 200]
-        [--seeds 0 1 2] [--operating-point sensitivity --target-sensitivity 0.9]
+        [--seeds 0 1 2] [--operating-point sensitivity --target-sensitivity 0.9] [--sensitivity-confidence 0.9]
 
 Decodes every kermany-peds-train image and runs the model once, then for each n and seed picks n labelled
 images (patient-level, stratified), refits the temperature and the operating point on them, without and
 with a refit of the classification layer (`adapt --head`), and measures sensitivity and specificity at the
 new threshold, and ROC-AUC, on the images not picked, with 95% patient-level bootstrap intervals (first
-seed). Writes RUN/adaptation-<operating point>.json. Research figures only.
+seed). Writes RUN/adaptation-<operating point>[-conf<c>].json. Research figures only.
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--operating-point", default="sensitivity", help="best_f1 | youden | sensitivity, chosen on the n images")
     ap.add_argument("--target-sensitivity", type=float, default=0.9)
+    ap.add_argument("--sensitivity-confidence", type=float, default=0.0,
+                    help="c > 0: the threshold reaches the target on new site images with probability c (tolerance bound)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
     from chestxray.inference.predictor import Predictor
+    from chestxray.evaluation.metrics import ThresholdRule
     from chestxray.training.adapt import adapted_predictor, before_after, load_site, split_site
 
     t0 = time.time()
@@ -45,7 +48,8 @@ def main(argv=None) -> int:
         for n in args.n:
             for seed in args.seeds:
                 adapt_idx, held = split_site(site.samples, n, seed)
-                new, logits = adapted_predictor(predictor, site, adapt_idx, head, args.target_sensitivity, args.operating_point)
+                rule = ThresholdRule(args.operating_point, args.target_sensitivity, args.sensitivity_confidence)
+                new, logits = adapted_predictor(predictor, site, adapt_idx, head, rule)
                 r = before_after(predictor, new, site, logits, held, args.bootstrap if seed == args.seeds[0] else 0, seed)
                 rows.append({"head": head, "n": n, "seed": seed, "threshold": new.threshold, **{
                     f"{when}_{k}": r[when][k] for when in ("before", "after") for k in ("roc_auc", "sensitivity", "specificity")},
@@ -56,7 +60,8 @@ def main(argv=None) -> int:
 
     before = rows[0]
     print(f"{args.run} -> {args.data} ({len(site.samples)} labelled images), threshold rule on the n images: "
-          f"{args.operating_point}" + (f" {args.target_sensitivity:g}" if args.operating_point == "sensitivity" else ""))
+          f"{args.operating_point}" + (f" {args.target_sensitivity:g}" if args.operating_point == "sensitivity" else "")
+          + (f", confidence {args.sensitivity_confidence:g}" if args.sensitivity_confidence else ""))
     print(f"before (stored threshold {predictor.threshold:.3f}): sensitivity {f(before['before_sensitivity'])}, "
           f"specificity {f(before['before_specificity'])}, ROC-AUC {f(before['before_roc_auc'])}")
     print(f"{'refit':22s} {'n':>5s} {'seed':>4s} {'threshold':>9s} {'sensitivity':>24s} {'specificity':>24s} {'ROC-AUC':>24s}")
@@ -77,9 +82,11 @@ def main(argv=None) -> int:
                   f"{np.mean([r['after_sensitivity'] for r in part]):.3f}, specificity {np.mean([r['after_specificity'] for r in part]):.3f}, "
                   f"ROC-AUC {np.mean([r['after_roc_auc'] for r in part]):.3f}")
     print(f"wall time {(time.time() - t0) / 60:.1f} min")
-    out = Path(args.run) / f"adaptation-{args.operating_point}.json"
+    suffix = f"-conf{args.sensitivity_confidence:g}" if args.sensitivity_confidence else ""
+    out = Path(args.run) / f"adaptation-{args.operating_point}{suffix}.json"
     out.write_text(json.dumps({"data": args.data, "operating_point": args.operating_point,
-                               "target_sensitivity": args.target_sensitivity, "rows": rows}, indent=2))
+                               "target_sensitivity": args.target_sensitivity,
+                               "sensitivity_confidence": args.sensitivity_confidence, "rows": rows}, indent=2))
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.metrics import (
     average_precision_score,
@@ -162,22 +164,65 @@ def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(min(1.0, thr[i]))
 
 
-def sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float:
-    """The highest threshold whose sensitivity is at least `target`."""
+def sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float, confidence: float = 0.0) -> float:
+    """The highest threshold whose sensitivity is at least `target`.
+
+    `confidence` 0: on these images. `confidence` c > 0: on new images like these, with probability at least c.
+    Under exchangeability the share of new positives scoring at or above the (k+1)-th lowest positive score is
+    Beta(n - k, k + 1) distributed; the rule takes the largest k whose Beta tail above `target` is >= c (a
+    tolerance bound, as in training-conditional conformal prediction). Few positives cost sensitivity margin.
+    """
     pos = np.sort(np.asarray(p, dtype=float)[np.asarray(y).astype(int) == 1])
     if len(pos) == 0:
         return 0.5
-    k = int(np.floor((1 - target) * len(pos) + 1e-9))  # positives allowed below the threshold
-    return float(pos[min(k, len(pos) - 1)])
+    n = len(pos)
+    k = int(np.floor((1 - target) * n + 1e-9))  # positives allowed below the threshold
+    if confidence > 0:
+        from scipy.stats import beta
+
+        k = min(k, next((j for j in range(k, -1, -1) if beta.sf(target, n - j, j + 1) >= confidence), 0))
+    return float(pos[min(k, n - 1)])
 
 
-def operating_points(y: np.ndarray, p: np.ndarray, target_sensitivity: float = 0.95) -> dict[str, float]:
-    """Thresholds chosen on validation: best F1, Youden's J, and a target sensitivity."""
+def sensitivity_point_name(target: float, confidence: float = 0.0) -> str:
+    """The operating point's key: sensitivity_0.9, or sensitivity_0.9_conf_0.9 with a confidence bound."""
+    return f"sensitivity_{target:g}" + (f"_conf_{confidence:g}" if confidence > 0 else "")
+
+
+def operating_points(y: np.ndarray, p: np.ndarray, target_sensitivity: float = 0.95, confidence: float = 0.0) -> dict[str, float]:
+    """Thresholds chosen on validation: best F1, Youden's J, and a target sensitivity (see sensitivity_threshold)."""
     return {
         "best_f1": best_f1_threshold(y, p),
         "youden": youden_threshold(y, p),
-        f"sensitivity_{target_sensitivity:g}": sensitivity_threshold(y, p, target_sensitivity),
+        sensitivity_point_name(target_sensitivity, confidence): sensitivity_threshold(y, p, target_sensitivity, confidence),
     }
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How the stored threshold is chosen: best_f1, youden, or sensitivity (a target, optionally with a
+    confidence bound). A field left None is taken from another rule by `filled` (adapt: the run's own)."""
+
+    name: str | None = None  # best_f1 | youden | sensitivity
+    target_sensitivity: float | None = None
+    confidence: float | None = None
+
+    @classmethod
+    def of_config(cls, train: dict) -> "ThresholdRule":
+        """The rule a run was trained with, from the `train` section of its config."""
+        return cls(train.get("operating_point", "best_f1"), train.get("target_sensitivity", 0.95),
+                   train.get("sensitivity_confidence", 0.0))
+
+    def filled(self, other: "ThresholdRule") -> "ThresholdRule":
+        return ThresholdRule(*(a if a is not None else b for a, b in
+                               ((self.name, other.name), (self.target_sensitivity, other.target_sensitivity),
+                                (self.confidence, other.confidence))))
+
+    def choose(self, y: np.ndarray, p: np.ndarray) -> tuple[str, dict[str, float]]:
+        """(the chosen point's name, every operating point) on these labels and scores."""
+        points = operating_points(y, p, self.target_sensitivity or 0.95, self.confidence or 0.0)
+        name = self.name or "best_f1"
+        return next(k for k in points if k == name or (name == "sensitivity" and k.startswith("sensitivity_"))), points
 
 
 def _fast_auc(y: np.ndarray, p: np.ndarray) -> float | None:

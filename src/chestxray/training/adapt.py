@@ -22,11 +22,10 @@ from ..data.sources import DataError, Sample, carve_validation, discover, is_syn
 from ..errors import ChestXrayError
 from ..evaluation.evaluate import write_json, write_run_outputs
 from ..inference.model_card import write_model_card
-from ..evaluation.metrics import binary_metrics, bootstrap_ci, fit_temperature, operating_points
+from ..evaluation.metrics import ThresholdRule, binary_metrics, bootstrap_ci, fit_temperature
 from ..inference.load import load_predictor
 from ..inference.predictor import Predictor, run_directory, checkpoint_path
 from .losses import TaskLoss, balanced_class_weights
-from .stages import choose_point
 
 
 @dataclass
@@ -85,10 +84,10 @@ def out_of_fold_logits(predictor: Predictor, features: torch.Tensor, samples: li
 
 
 def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarray, head: bool,
-                      target_sensitivity: float, rule: str | None = None) -> tuple[Predictor, torch.Tensor]:
+                      rule: ThresholdRule = ThresholdRule()) -> tuple[Predictor, torch.Tensor]:
     """A copy of `predictor` recalibrated on the adaptation images; and its logits on every site image.
 
-    `rule` (best_f1 | youden | sensitivity): how the new threshold is chosen; None keeps the run's own.
+    `rule`: how the new threshold is chosen; what it leaves None is the run's own.
     """
     new = copy.deepcopy(predictor)
     samples = [site.samples[i] for i in adapt_idx]
@@ -104,12 +103,19 @@ def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarra
     y = np.array([new.scheme.is_infected(s.label) for s in samples])
     targets = torch.stack([new.scheme.target(s.label) for s in samples])
     new.temperature = fit_temperature(calibration_logits, targets, new.scheme.task)
-    points = operating_points(y, new.p_infected(calibration_logits), target_sensitivity)
-    rule = rule or (predictor.threshold_rule or "best_f1").split(",")[0]  # the original run's rule, e.g. best_f1
-    chosen = choose_point(points, "sensitivity" if rule.startswith("sensitivity") else rule)
+    chosen, points = rule.filled(run_rule(predictor)).choose(y, new.p_infected(calibration_logits))
     new.threshold, new.thresholds = points[chosen], points
     new.threshold_rule = f"{chosen}, chosen on {len(samples)} images of the new site" + (" (out-of-fold)" if head else "")
     return new, logits
+
+
+def run_rule(predictor: Predictor) -> ThresholdRule:
+    """The threshold rule the model was trained with (from its config, else from its stored rule's name)."""
+    train = (predictor.meta.get("config") or {}).get("train")
+    if train:
+        return ThresholdRule.of_config(train)
+    name = (predictor.threshold_rule or "best_f1").split(",")[0]
+    return ThresholdRule("sensitivity" if name.startswith("sensitivity") else name, 0.95, 0.0)
 
 
 def before_after(old: Predictor, new: Predictor, site: SiteData, new_logits: torch.Tensor, held: np.ndarray,
@@ -138,16 +144,14 @@ def load_site(predictor: Predictor, data: str | Path, skip_bad: bool = False) ->
 
 
 def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, head: bool = False, seed: int = 0,
-              n_boot: int = 1000, skip_bad: bool = False, rule: str | None = None,
-              target_sensitivity: float | None = None) -> dict:
+              n_boot: int = 1000, skip_bad: bool = False, rule: ThresholdRule = ThresholdRule()) -> dict:
     """Recalibrate RUN for the site DATA into the run directory OUT; return the before/after comparison."""
     out = Path(out)
     predictor = load_predictor(run)
     predictor.torch_model("adapt")  # RUN2 is a complete run with its own checkpoint
     site = load_site(predictor, data, skip_bad)
     adapt_idx, held = split_site(site.samples, n, seed)
-    target = target_sensitivity or (predictor.meta.get("config") or {}).get("train", {}).get("target_sensitivity", 0.95)
-    new, new_logits = adapted_predictor(predictor, site, adapt_idx, head, target, rule)
+    new, new_logits = adapted_predictor(predictor, site, adapt_idx, head, rule)
     comparison = before_after(predictor, new, site, new_logits, held, n_boot, seed)
     new.meta = {**new.meta, "adapted_from": str(checkpoint_path(run).resolve()), "data_resolved": str(Path(data).resolve()),
                 "adaptation": {"data": str(data), "n": int(len(adapt_idx)), "head": head, "seed": seed}}

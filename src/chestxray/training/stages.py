@@ -32,7 +32,7 @@ from ..data.datamodule import DecodedSplit, StageData, decode_split, make_datase
 from ..data.labels import TaskScheme
 from ..data.sources import DataError, carve_validation, class_counts, discover, is_synthetic, write_split_csv
 from ..evaluation.evaluate import write_run_outputs
-from ..evaluation.metrics import binary_metrics, fit_temperature, operating_points
+from ..evaluation.metrics import ThresholdRule, binary_metrics, fit_temperature
 from ..evaluation.summary import ci_line, summary_table
 from ..data.transforms import Preprocessing
 from ..inference.ood import FeatureDensity
@@ -48,11 +48,6 @@ from .module import ClassifierModule
 from .progress import progress_callbacks
 
 log = logging.getLogger("chestxray")
-
-
-def choose_point(points: dict[str, float], rule: str) -> str:
-    """The operating point `rule` names (best_f1 | youden | sensitivity) among the validation thresholds."""
-    return next(n for n in points if n == rule or (rule == "sensitivity" and n.startswith("sensitivity_")))
 
 
 def parse_stages(stages: str) -> list[str]:
@@ -397,8 +392,8 @@ def choose_final_model(run: Run, results: dict) -> None:
     predictor.model.load_state_dict(run.states[final])
     val_logits = run.logits[final]["val"]
     predictor.temperature = fit_temperature(val_logits, run.targets("val"), run.scheme.task) if cfg.train.calibrate else 1.0
-    points = operating_points(run.infected("val"), predictor.p_infected(val_logits), cfg.train.target_sensitivity)
-    chosen = choose_point(points, cfg.train.operating_point)
+    rule = ThresholdRule.of_config(cfg.to_dict()["train"])
+    chosen, points = rule.choose(run.infected("val"), predictor.p_infected(val_logits))
     predictor.threshold, predictor.thresholds = points[chosen], points
     predictor.threshold_rule = f"{chosen}, chosen on validation"
     train_features = predictor.forward(run.decoded["train"].images)[1]
