@@ -201,6 +201,23 @@ def test_intensity_standardisation_removes_exposure(method):
     assert torch.equal(Standardise("none")(dark), dark)
 
 
+def test_clahe_evens_out_exposure_and_lifts_local_contrast():
+    from chestxray.data.transforms import Standardise
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (1, 64, 64)).astype(np.float64)
+    dark = torch.from_numpy((base * 0.3 + 20).astype(np.uint8))
+    bright = torch.from_numpy((base * 0.6 + 90).astype(np.uint8))
+    a, b = Standardise("clahe")(dark), Standardise("clahe")(bright)
+    assert a.dtype == torch.uint8 and a.shape == dark.shape
+    assert (a.float() - b.float()).abs().mean() < 0.35 * (dark.float() - bright.float()).abs().mean()
+    # a faint texture in one dark corner is stretched there, whatever the rest of the image holds
+    img = np.full((1, 128, 128), 200, np.uint8)
+    img[0, :32, :32] = 30 + rng.integers(0, 6, (32, 32))
+    out = Standardise("clahe")(torch.from_numpy(img))
+    assert out[0, :32, :32].float().std() > 2 * torch.from_numpy(img)[0, :32, :32].float().std()
+
+
 def test_device_look_keeps_shape_and_type_and_changes_pixels():
     from chestxray.data.transforms import DeviceLook
 
@@ -232,3 +249,49 @@ def test_intensity_is_part_of_the_model_contract(tiny_data, tmp_path):
     with torch.no_grad():
         by_hand = predictor.model.eval()(x)
     assert torch.allclose(logits, by_hand, atol=0.05)
+
+
+def test_test_time_views_are_part_of_the_model_contract(tiny_data, tmp_path):
+    """--tta views: every prediction averages the logits of the six views (checked by hand), the stored
+    threshold comes from those averaged logits, and the ONNX export computes the same."""
+    import copy
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from chestxray.data.sources import load_samples
+    from chestxray.evaluation.metrics import best_f1_threshold
+    from chestxray.inference.onnx_model import OnnxPredictor
+    from chestxray.inference.predictor import Predictor
+
+    out = tmp_path / "tta"
+    res = invoke("train", "--data", tiny_data, "--out", out, "--img-size", "64", "--batch-size", "16", "--stages", "head",
+                 "--epochs-head", "2", "--bootstrap", "0", "--tta", "views", "--quiet")
+    assert res.exit_code == 0, res.output
+    predictor = Predictor.load(out)
+    assert predictor.preprocessing.tta == "views"
+    split = predictor.decode(load_samples(tiny_data)["test"])
+    logits, features = predictor.forward(split.images)
+    x = F.interpolate(torch.stack([torch.from_numpy(np.array(i))[None] for i in split.images]).float(), size=(64, 64),
+                      mode="bilinear", antialias=True, align_corners=False).round() / 255
+    views = [x, F.interpolate(x[..., 3:61, 3:61], size=(64, 64), mode="bilinear"),  # 90% centre (58 px)
+             F.interpolate(x[..., 6:57, 6:57], size=(64, 64), mode="bilinear"),  # 80% centre (51 px)
+             F.interpolate(F.pad(x, (3, 3, 3, 3)), size=(64, 64), mode="bilinear"), x ** 0.8, x ** 1.25]
+    model = predictor.model.eval()
+    with torch.no_grad():
+        each = torch.stack([model(((v - 0.5) / 0.5).repeat(1, 3, 1, 1)) for v in views])
+    assert torch.allclose(logits, each.mean(0), atol=0.05)
+    assert not torch.allclose(logits, each[0], atol=1e-4)  # the views do change the logits
+    plain = copy.copy(predictor)
+    plain.preprocessing = dataclasses.replace(predictor.preprocessing, tta="none")
+    plain_logits, exact_features = plain.forward(split.images)
+    assert torch.equal(features, exact_features)  # the out-of-distribution score sees the plain view
+    assert torch.allclose(each[0], plain_logits, atol=0.05)
+    val = predictor.decode([s for s in load_samples(out / "split.csv")["val"]])
+    y = np.array([predictor.scheme.is_infected(s.label) for s in val.samples])
+    assert predictor.thresholds["best_f1"] == pytest.approx(best_f1_threshold(y, predictor.p_infected(predictor.logits(val.images))))
+    onnx_file = tmp_path / "tta.onnx"
+    res = invoke("export", out, "--out", onnx_file)
+    assert res.exit_code == 0, res.output
+    onnx_logits, _ = OnnxPredictor.load(onnx_file).forward(split.images)
+    assert torch.allclose(onnx_logits, logits, atol=1e-4)

@@ -45,7 +45,8 @@ class DataConfig:
     skip_bad: bool = option(False, "Skip unreadable images (listed in RUN/skipped.csv) instead of stopping.")
     workers: int = option(0, "DataLoader worker processes; images are decoded once up front, so 0 suits a CPU.", ge=0)
     cache_dir: str | None = option(None, "Decoded-image and feature cache. [default: $CHESTXRAY_CACHE or ~/.cache/chestxray]")
-    intensity: str = option("none", "Per-image intensity standardisation before the model, at training and inference: histogram equalisation, or the 1st-99th percentile stretched to the full range.", ("none", "equalize", "percentile"))
+    intensity: str = option("none", "Per-image intensity standardisation before the model, at training and inference: global histogram equalisation, the 1st-99th percentile stretched to the full range, or CLAHE (local, contrast-limited equalisation).", ("none", "equalize", "percentile", "clahe"))
+    tta: str = option("none", "Test-time augmentation: 'views' averages the logits of six views (the image, centre crops of 90% and 80%, a 10% black border, gamma 0.8 and 1.25) in every prediction, evaluation and decision; six times the inference cost. Grad-CAM and the out-of-distribution score use the plain view.", ("none", "views"))
     check: bool = option(True, "Check labels, classes and exact duplicates across splits before decoding; stop on a problem.")
 
 

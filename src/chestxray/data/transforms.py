@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -18,15 +19,16 @@ RESIZE_RULE = (
 )
 
 
-INTENSITY = ("none", "equalize", "percentile")
+INTENSITY = ("none", "equalize", "percentile", "clahe")
 AUGMENT = ("basic", "domain")
 
 
 class Standardise(torch.nn.Module):
     """Per-image intensity standardisation of a uint8 (1, H, W) tensor, the same at training and inference.
 
-    equalize: global histogram equalisation; percentile: the 1st..99th percentile stretched to 0..255.
-    Both remove much of the exposure and contrast that differ between devices and sites.
+    equalize: global histogram equalisation; percentile: the 1st..99th percentile stretched to 0..255;
+    clahe: contrast-limited adaptive histogram equalisation (OpenCV; 8 x 8 tiles, clip limit 2), which
+    equalises locally. All remove much of the exposure and contrast that differ between devices and sites.
     """
 
     def __init__(self, method: str):
@@ -36,6 +38,11 @@ class Standardise(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "equalize":
             return v2.functional.equalize(x)
+        if self.method == "clahe":
+            import cv2
+
+            clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+            return torch.from_numpy(np.stack([clahe.apply(np.ascontiguousarray(c)) for c in x.numpy()]))
         if self.method == "percentile":
             flat = x.float().flatten()
             lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99]))
@@ -106,6 +113,31 @@ def to_model_input(x: torch.Tensor, mean, std, channels_last: bool = True) -> to
     return out.div_(s)
 
 
+# Test-time views as (zoom, gamma) of the resized image: zoom < 1 crops the centre and enlarges it, zoom > 1
+# shrinks the image inside a black border; gamma bends the intensities. The first view is the plain image.
+TTA_VIEWS = {
+    "none": ((1.0, 1.0),),
+    "views": ((1.0, 1.0), (0.9, 1.0), (0.8, 1.0), (1.1, 1.0), (1.0, 0.8), (1.0, 1.25)),
+}
+
+
+def test_time_view(x: torch.Tensor, zoom: float, gamma: float) -> torch.Tensor:
+    """One view of a float batch (B, C, S, S) in [0, 1]; plain tensor arithmetic, so it exports to ONNX."""
+    import torch.nn.functional as F
+
+    if gamma != 1.0:
+        x = x.clamp(min=0.0) ** gamma
+    side = x.shape[-1]
+    if zoom < 1.0:
+        crop = int(round(side * zoom))
+        start = (side - crop) // 2
+        x = F.interpolate(x[..., start:start + crop, start:start + crop], size=(side, side), mode="bilinear", align_corners=False)
+    elif zoom > 1.0:
+        pad = int(round(side * (zoom - 1.0) / 2))
+        x = F.interpolate(F.pad(x, (pad, pad, pad, pad)), size=(side, side), mode="bilinear", align_corners=False)
+    return x
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a file becomes the model's input."""
@@ -115,6 +147,7 @@ class Preprocessing:
     std: tuple[float, ...]
     resize: str = RESIZE_RULE
     intensity: str = "none"  # per-image standardisation applied first (Standardise)
+    tta: str = "none"  # test-time views whose logits are averaged (TTA_VIEWS)
 
     @property
     def stored_side(self) -> int:
@@ -131,9 +164,20 @@ class Preprocessing:
         """A uint8 batch (B, 1, S, S) -> the normalised float batch the model takes."""
         return to_model_input(x, self.mean, self.std, channels_last)
 
+    def model_views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """A uint8 batch (B, 1, S, S) -> the normalised batch of each test-time view, the plain one first."""
+        views = TTA_VIEWS[self.tta]
+        if len(views) == 1:
+            return [self.model_input(x)]
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        x01 = x.float() / 255.0
+        return [(test_time_view(x01, zoom, gamma) - mean) / std for zoom, gamma in views]
+
     def to_dict(self) -> dict:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(int(d["img_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", RESIZE_RULE), d.get("intensity", "none"))
+        return cls(int(d["img_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", RESIZE_RULE), d.get("intensity", "none"),
+                   d.get("tta", "none"))

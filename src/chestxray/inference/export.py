@@ -26,7 +26,7 @@ from ..files import atomic_path, sha256
 from .onnx_model import CONTRACT_KEY, FORMAT_KEY, INPUT, ONNX_FORMAT, OUTPUTS, OnnxPredictor, contract
 from .model_card import model_card
 from .load import load_predictor
-from .predictor import Predictor, run_directory
+from .predictor import Predictor, contract_outputs, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,12 @@ class ContractGraph(nn.Module):
         super().__init__()
         self.model = predictor.torch_model("export")
         self.scheme = predictor.scheme
-        prep = predictor.preprocessing
-        self.register_buffer("mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.preprocessing = predictor.preprocessing
         self.temperature = float(predictor.temperature)
 
     def forward(self, image: torch.Tensor):
-        x = (image.float() / 255.0 - self.mean) / self.std  # one channel broadcast to three, as to_model_input
-        spatial = self.model.forward_features(x)
-        features = self.model.forward_head(spatial, pre_logits=True).flatten(1)
-        logits = self.model.forward_head(spatial).float()
+        # normalisation (one channel broadcast to three) and the test-time views, as the Predictor does
+        logits, features = contract_outputs(self.model, self.preprocessing.model_views(image))
         scaled = logits / self.temperature
         return logits, self.scheme.probabilities(scaled), self.scheme.p_infected(scaled), features
 

@@ -85,7 +85,7 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
         f"- Weights origin: ImageNet-pretrained weights from {meta.get('weights_origin')}.",
         f"- Training: stages {stages} (head on frozen features, then fine-tuning); "
         f"final model from the **{meta.get('stage')}** stage, chosen on validation; loss {train_cfg.get('loss', '?')}; seed {train_cfg.get('seed', '?')}.",
-        f"- Input: {prep.img_size} x {prep.img_size} px; {prep.resize}; intensity step: {prep.intensity}.",
+        f"- Input: {prep.img_size} x {prep.img_size} px; {prep.resize}; intensity step: {prep.intensity}; test-time views: {prep.tta}.",
         f"- Decision: P(infected) >= {predictor.threshold:.4f} ({predictor.threshold_rule or 'chosen on validation'}); "
         f"temperature {predictor.temperature:.3f} (fitted on validation where calibration was asked for).",
         f"- Checkpoint: `{ckpt}`, sha256 `{sha256(ckpt)}`.",

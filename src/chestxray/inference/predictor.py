@@ -34,6 +34,17 @@ class CheckpointError(ChestXrayError):
     pass
 
 
+def contract_outputs(model: nn.Module, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits averaged over the test-time views, pooled features of the plain view): what PyTorch and the
+    exported ONNX graph both compute."""
+    spatial = model.forward_features(views[0])
+    features = model.forward_head(spatial, pre_logits=True).flatten(1).float()
+    logits = model.forward_head(spatial).float()
+    if len(views) > 1:
+        logits = torch.stack([logits] + [model(v).float() for v in views[1:]]).mean(0)
+    return logits, features
+
+
 @dataclass
 class Predictor:
     model: nn.Module
@@ -63,9 +74,9 @@ class Predictor:
         ds = DecodedDataset(images, None, prep.eval_transform())
         logits, feats = [], []
         for x, _, _ in make_loader(ds, BATCH_SIZE, train=False):
-            spatial = model.forward_features(prep.model_input(x.to(device)))
-            feats.append(model.forward_head(spatial, pre_logits=True).flatten(1).float().cpu())
-            logits.append(model.forward_head(spatial).float().cpu())
+            z, f = contract_outputs(model, prep.model_views(x.to(device)))
+            logits.append(z.cpu())
+            feats.append(f.cpu())
         model.train(was_training)
         if not logits:
             return torch.zeros(0, self.scheme.num_outputs), torch.zeros(0, 0)

@@ -255,7 +255,7 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     for k in ("train", "val"):
         if len(decoded[k].samples) == 0:
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
-    prep = Preprocessing(cfg.data.img_size, *normalisation(model), intensity=cfg.data.intensity)
+    prep = Preprocessing(cfg.data.img_size, *normalisation(model), intensity=cfg.data.intensity, tta=cfg.data.tta)
     run = Run(cfg, out, writer, scheme, decoded, Predictor(model, scheme, prep), origin,
               resolve_precision(cfg.train.precision), synthetic, resume=resume)
     if cfg.train.class_weights:
