@@ -3,8 +3,7 @@
     .venv/bin/python benchmarks/feature_probe.py [--model efficientnet_lite0] [--img-size 224]
         [--intensity none|equalize|percentile|clahe] [--C 0.003 0.01 0.1]
 
-A few minutes instead of the full generalization benchmark's twenty: the backbone is frozen at its ImageNet
-weights and never trained. For each feature stage of the backbone (global mean and max pooling of timm's
+No training: the backbone stays at its ImageNet weights, so one forward pass per image is the cost. For each feature stage of the backbone (global mean and max pooling of timm's
 `forward_intermediates`, shallow to deep) and for the pooled features the classifier sees, a logistic
 regression (standardised features, balanced classes) is fitted on the cxr-nih-cohen training split, binary
 (infected vs normal) and three-class (P(infected) = 1 - P(normal)), and scored by ROC-AUC on the
@@ -39,9 +38,9 @@ def stage_features(model, images, prep, batch_size: int = 64) -> list[np.ndarray
     with torch.inference_mode():
         for x, _, _ in make_loader(DecodedDataset(images, None, prep.eval_transform()), batch_size, train=False):
             x = prep.model_input(x)
-            maps = model.forward_intermediates(x, intermediates_only=True)
+            final, maps = model.forward_intermediates(x)  # one pass: the stages and forward_features' output
             pooled = [torch.cat([m.mean((2, 3)), m.amax((2, 3))], 1) for m in maps]
-            pooled.append(model.forward_head(model.forward_features(x), pre_logits=True).flatten(1))
+            pooled.append(model.forward_head(final, pre_logits=True).flatten(1))
             if not parts:
                 parts = [[] for _ in pooled]
             for store, f in zip(parts, pooled):
