@@ -1,7 +1,7 @@
 """Site recalibration benchmark: a model trained on cxr-nih-cohen, adapted to kermany-peds-train.
 
     .venv/bin/python benchmarks/adaptation.py --run runs/generalization/A-cxr-nih-cohen [--n 50 100 200]
-        [--seeds 0 1 2] [--operating-point sensitivity --target-sensitivity 0.9] [--sensitivity-confidence 0.9]
+        [--seeds 0 1 2] [--operating-point sensitivity --target-sensitivity 0.9] [--target-confidence 0.9]
 
 Decodes every kermany-peds-train image and runs the model once, then for each n and seed picks n labelled
 images (patient-level, stratified), refits the temperature and the operating point on them, without and
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--operating-point", default="sensitivity", help="best_f1 | youden | sensitivity, chosen on the n images")
     ap.add_argument("--target-sensitivity", type=float, default=0.9)
-    ap.add_argument("--sensitivity-confidence", type=float, default=0.0,
+    ap.add_argument("--target-confidence", type=float, default=0.0,
                     help="c > 0: the threshold reaches the target on new site images with probability c (tolerance bound)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         for n in args.n:
             for seed in args.seeds:
                 adapt_idx, held = split_site(site.samples, n, seed)
-                rule = ThresholdRule(args.operating_point, args.target_sensitivity, args.sensitivity_confidence)
+                rule = ThresholdRule(args.operating_point, args.target_sensitivity, args.target_confidence)
                 new, logits = adapted_predictor(predictor, site, adapt_idx, head, rule)
                 r = before_after(predictor, new, site, logits, held, args.bootstrap if seed == args.seeds[0] else 0, seed)
                 rows.append({"head": head, "n": n, "seed": seed, "threshold": new.threshold, **{
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     before = rows[0]
     print(f"{args.run} -> {args.data} ({len(site.samples)} labelled images), threshold rule on the n images: "
           f"{args.operating_point}" + (f" {args.target_sensitivity:g}" if args.operating_point == "sensitivity" else "")
-          + (f", confidence {args.sensitivity_confidence:g}" if args.sensitivity_confidence else ""))
+          + (f", confidence {args.target_confidence:g}" if args.target_confidence else ""))
     print(f"before (stored threshold {predictor.threshold:.3f}): sensitivity {f(before['before_sensitivity'])}, "
           f"specificity {f(before['before_specificity'])}, ROC-AUC {f(before['before_roc_auc'])}")
     print(f"{'refit':22s} {'n':>5s} {'seed':>4s} {'threshold':>9s} {'sensitivity':>24s} {'specificity':>24s} {'ROC-AUC':>24s}")
@@ -82,11 +82,11 @@ def main(argv=None) -> int:
                   f"{np.mean([r['after_sensitivity'] for r in part]):.3f}, specificity {np.mean([r['after_specificity'] for r in part]):.3f}, "
                   f"ROC-AUC {np.mean([r['after_roc_auc'] for r in part]):.3f}")
     print(f"wall time {(time.time() - t0) / 60:.1f} min")
-    suffix = f"-conf{args.sensitivity_confidence:g}" if args.sensitivity_confidence else ""
+    suffix = f"-conf{args.target_confidence:g}" if args.target_confidence else ""
     out = Path(args.run) / f"adaptation-{args.operating_point}{suffix}.json"
     out.write_text(json.dumps({"data": args.data, "operating_point": args.operating_point,
                                "target_sensitivity": args.target_sensitivity,
-                               "sensitivity_confidence": args.sensitivity_confidence, "rows": rows}, indent=2))
+                               "target_confidence": args.target_confidence, "rows": rows}, indent=2))
     return 0
 
 

@@ -179,7 +179,7 @@ def test_adapt_to_a_target_sensitivity(run, foreign_site, tmp_path):
     assert ckpt["threshold_rule"].startswith("sensitivity_0.9, chosen on 24 images of the new site")
     assert ckpt["threshold"] == ckpt["thresholds"]["sensitivity_0.9"]
     res = invoke("adapt", run, "--data", foreign_site, "--out", tmp_path / "c", "--n", "24", "--bootstrap", "0",
-                 "--operating-point", "sensitivity", "--target-sensitivity", "0.9", "--sensitivity-confidence", "0.9")
+                 "--operating-point", "sensitivity", "--target-sensitivity", "0.9", "--target-confidence", "0.9")
     assert res.exit_code == 0, res.output
     conf = torch.load(tmp_path / "c" / "checkpoints" / "best.ckpt", weights_only=True)
     assert conf["threshold_rule"].startswith("sensitivity_0.9_conf_0.9, chosen on 24 images")

@@ -257,7 +257,7 @@ def adapt(
     head: bool = typer.Option(False, "--head", help="Also retrain the classification layer on the site images' frozen features."),
     operating_point: Optional[str] = typer.Option(None, help="How the new threshold is chosen on the n images: best_f1, youden or sensitivity.  [default: the run's own]"),
     target_sensitivity: Optional[float] = typer.Option(None, help="Sensitivity the 'sensitivity' operating point must reach on the n images.  [default: the run's own]"),
-    sensitivity_confidence: Optional[float] = typer.Option(None, help="With c > 0, reach --target-sensitivity on the site's other images with probability c (a tolerance bound over the n images' infected ones); 0: on the n images.  [default: the run's own]"),
+    target_confidence: Optional[float] = typer.Option(None, help="With c > 0, reach --target-sensitivity on the site's other images with probability c (a tolerance bound over the n images' infected ones); 0: on the n images.  [default: the run's own]"),
     seed: int = typer.Option(0, help="Seed of the patient-level, stratified choice of the n images."),
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
@@ -271,9 +271,9 @@ def adapt(
             raise ChestXrayError(f"--operating-point must be one of best_f1, youden, sensitivity; got '{operating_point}'")
         if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
             raise ChestXrayError(f"--target-sensitivity must be in (0, 1]; got {target_sensitivity}")
-        if sensitivity_confidence is not None and not 0 <= sensitivity_confidence < 1:
-            raise ChestXrayError(f"--sensitivity-confidence must be in [0, 1); got {sensitivity_confidence}")
-        rule = ThresholdRule(operating_point, target_sensitivity, sensitivity_confidence)
+        if target_confidence is not None and not 0 <= target_confidence < 1:
+            raise ChestXrayError(f"--target-confidence must be in [0, 1); got {target_confidence}")
+        rule = ThresholdRule(operating_point, target_sensitivity, target_confidence)
         r = adapt_run(run, data, out, n, head, seed, bootstrap, skip_bad, rule)
     except ChestXrayError as e:
         _fail(e)

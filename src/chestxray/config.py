@@ -81,7 +81,7 @@ class TrainConfig:
     finetune_bn: str = option("frozen", "Batch-norm statistics during finetune.", ("frozen", "train"))
     operating_point: str = option("best_f1", "Threshold stored with the model and used by predict, chosen on validation.", OPERATING_POINTS)
     target_sensitivity: float = option(0.95, "Sensitivity the 'sensitivity' operating point must reach on validation.", gt=0.0, le=1.0)
-    sensitivity_confidence: float = option(0.0, "With c > 0, the 'sensitivity' operating point reaches --target-sensitivity on new images like the validation ones with probability c (a tolerance bound over the validation positives), not only on validation itself; 0: on validation.", ge=0.0, lt=1.0)
+    target_confidence: float = option(0.0, "With c > 0, the 'sensitivity' operating point reaches --target-sensitivity on new images like the validation ones with probability c (a tolerance bound over the validation positives), not only on validation itself; 0: on validation.", ge=0.0, lt=1.0)
     calibrate: bool = option(False, "Temperature scaling fitted on validation; ECE reported before and after.")
     ood_quantile: float = option(0.95, "Out-of-distribution flag: images scoring above this quantile of the validation images' distances to the training features are flagged.", gt=0.5, lt=1.0)
     bootstrap: int = option(1000, "Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none).", ge=0)

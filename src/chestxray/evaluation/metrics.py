@@ -211,7 +211,7 @@ class ThresholdRule:
     def of_config(cls, train: dict) -> "ThresholdRule":
         """The rule a run was trained with, from the `train` section of its config."""
         return cls(train.get("operating_point", "best_f1"), train.get("target_sensitivity", 0.95),
-                   train.get("sensitivity_confidence", 0.0))
+                   train.get("target_confidence", 0.0))
 
     def filled(self, other: "ThresholdRule") -> "ThresholdRule":
         return ThresholdRule(*(a if a is not None else b for a, b in
