@@ -295,3 +295,11 @@ def test_test_time_views_are_part_of_the_model_contract(tiny_data, tmp_path):
     assert res.exit_code == 0, res.output
     onnx_logits, _ = OnnxPredictor.load(onnx_file).forward(split.images)
     assert torch.allclose(onnx_logits, logits, atol=1e-4)
+    # adapt --head refits the classifier on the plain view's features, so the adapted model predicts from them
+    res = invoke("adapt", out, "--data", tiny_data, "--out", tmp_path / "adapted", "--n", "12", "--head", "--bootstrap", "0")
+    assert res.exit_code == 0, res.output
+    adapted = Predictor.load(tmp_path / "adapted")
+    assert adapted.preprocessing.tta == "none"
+    adapted_logits, adapted_features = adapted.forward(split.images)
+    with torch.no_grad():
+        assert torch.allclose(adapted_logits, adapted.model.eval().get_classifier()(adapted_features), atol=1e-5)

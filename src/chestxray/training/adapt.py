@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,8 @@ def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarra
         # threshold come from out-of-fold logits (each image scored by a head that did not see it)
         calibration_logits = out_of_fold_logits(predictor, site.features[adapt_idx], samples)
         refit_head(new, site.features[adapt_idx], samples)
+        # the new head is fitted, scored and thresholded on the plain view's features: it predicts from them too
+        new.preprocessing = dataclasses.replace(new.preprocessing, tta="none")
         with torch.no_grad():
             logits = new.model.get_classifier()(site.features).float()
     y = np.array([new.scheme.is_infected(s.label) for s in samples])
