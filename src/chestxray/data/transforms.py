@@ -98,6 +98,12 @@ def eval_transform(img_size: int, intensity: str = "none") -> v2.Compose:
     return v2.Compose([Standardise(intensity), v2.Resize((img_size, img_size), antialias=True)])
 
 
+def channel_stats(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's mean and std as (1, 3, 1, 1) float tensors on `device`."""
+    return (torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+
+
 def to_model_input(x: torch.Tensor, mean, std, channels_last: bool = True) -> torch.Tensor:
     """A uint8 batch (B, 1, H, W) -> float (B, 3, H, W) normalised with the backbone's own mean and std.
 
@@ -105,8 +111,7 @@ def to_model_input(x: torch.Tensor, mean, std, channels_last: bool = True) -> to
     writes straight into channels_last memory when asked.
     """
     b, _, h, w = x.shape
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    m, s = channel_stats(mean, std, x.device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((b, 3, h, w), dtype=torch.float32, device=x.device, memory_format=fmt)
     torch.sub(x.float().div_(255.0), m, out=out)
@@ -169,8 +174,7 @@ class Preprocessing:
         views = TTA_VIEWS[self.tta]
         if len(views) == 1:
             return [self.model_input(x)]
-        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        std = torch.as_tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        mean, std = channel_stats(self.mean, self.std, x.device)
         x01 = x.float() / 255.0
         return [(test_time_view(x01, zoom, gamma) - mean) / std for zoom, gamma in views]
 
