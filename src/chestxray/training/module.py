@@ -52,14 +52,30 @@ class ClassifierModule(L.LightningModule):
         self.criterion = TaskLoss(scheme.task, cfg.loss, cfg.focal_gamma, cfg.focal_alpha, class_weights)
         self.val_auc, self.val_f1, self.val_acc = BinaryAUROC(), BinaryF1Score(), BinaryAccuracy()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network takes: cached features as they are, image batches normalised on the device."""
         if self.head_fn is not None:
-            return self.head_fn(x)
-        if x.dtype == torch.uint8:  # image batches arrive as uint8; normalise on the device
-            x = self.preprocessing.model_input(x, self.cfg.channels_last)
-        elif self.cfg.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self._net(x)
+            return x
+        if x.dtype == torch.uint8:
+            return self.preprocessing.model_input(x, self.cfg.channels_last)
+        if self.cfg.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.model_input(x)
+        return self.head_fn(x) if self.head_fn is not None else self._net(x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of a training batch; with --mixup, of the batch mixed with a shuffled copy of itself."""
+        if self.cfg.mixup <= 0:
+            return self.criterion(self(x), y)
+        a = torch.tensor(float(self.cfg.mixup))
+        lam = float(torch.distributions.Beta(a, a).sample())
+        perm = torch.randperm(len(x), device=x.device)
+        x = self.model_input(x)
+        logits = self(lam * x + (1 - lam) * x[perm])
+        return lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -75,7 +91,7 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
-        loss = self.criterion(self(x), y)
+        loss = self.training_loss(x, y)
         if not torch.isfinite(loss):
             from .runstate import NonFiniteLoss
 

@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
@@ -291,7 +291,9 @@ def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(run.out / "logs" / stage, ignore_errors=True)
     mode = "min" if cfg.train.monitor == "val_loss" else "max"
-    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=True)
+    averaging = stage == "finetune" and cfg.train.ema_decay > 0
+    # the average replaces the weights in a checkpoint through a callback hook, which weights-only saves skip
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=not averaging)
     # monitor None, top 1: the latest epoch, replacing the one before (save_last only follows another save)
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     shown, bar = progress_callbacks(stage, n_train, progress and run.writer)
@@ -304,7 +306,8 @@ def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing:
         strategy=cfg.train.strategy,
         deterministic=cfg.train.deterministic,
         callbacks=[ckpt_cb, last_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode),
-                   RandomState(), *shown, KillAfter(stage)],
+                   RandomState(), *shown, KillAfter(stage),
+                   *([EMAWeightAveraging(decay=cfg.train.ema_decay)] if averaging else [])],
         plugins=[CheckedCheckpointIO()],
         logger=CSVLogger(run.out / "logs", name=stage, version=0, flush_logs_every_n_steps=1),  # on disk before a crash
         enable_progress_bar=bar,
