@@ -32,6 +32,18 @@ def patients(manifest: Path) -> dict[str, str]:
         return {str((manifest.parent / r["path"]).resolve()): r.get("patient_id") or r["path"] for r in csv.DictReader(f)}
 
 
+def predictions(path: Path, source: str | None) -> pd.DataFrame | None:
+    """A predictions CSV indexed by resolved image path (rows of `source` only, when given); None if missing."""
+    if not path.exists():
+        print(f"{path}: missing (train with this version, or run `chestxray evaluate`)", file=sys.stderr)
+        return None
+    t = pd.read_csv(path)
+    if source:
+        t = t[t["source"].str.startswith(source)]
+    t = t.assign(path=[str(Path(p).resolve()) for p in t["path"]])  # relative or absolute, as the data was given
+    return t.set_index("path").sort_index()
+
+
 def auc_ci(y: np.ndarray, p: np.ndarray, groups: list[str], n_boot: int, seed: int = 42) -> tuple[float, list]:
     from chestxray.evaluation.metrics import binary_metrics, bootstrap_ci
 
@@ -51,15 +63,10 @@ def main(argv=None) -> int:
         ids = patients(manifest)
         tables = []
         for run in args.runs:
-            path = Path(run) / rel
-            if not path.exists():
-                print(f"{path}: missing (train with this version, or run `chestxray evaluate`)", file=sys.stderr)
+            t = predictions(Path(run) / rel, source)
+            if t is None:
                 return 2
-            t = pd.read_csv(path)
-            if source:
-                t = t[t["source"].str.startswith(source)]
-            t = t.assign(path=[str(Path(p).resolve()) for p in t["path"]])  # relative or absolute, as the data was given
-            tables.append(t.set_index("path").sort_index())
+            tables.append(t)
         paths = tables[0].index
         if any(not t.index.equals(paths) for t in tables):
             print(f"{name}: the runs predicted different images", file=sys.stderr)

@@ -68,6 +68,17 @@ def kermany_subset(out: Path, n_images: int, seed: int) -> Path:
     return out / "kermany-split.csv"
 
 
+def without_nih_pneumonia(out: Path) -> Path:
+    """cxr-nih-cohen with its NIH pneumonia images left out of training (and so of the validation carved from it);
+    the test split as it is."""
+    fields, rows = absolute_rows(CXR)
+    with open(CXR, newline="") as f:
+        splits = [Path(r["path"]).parts[0] for r in csv.DictReader(f)]
+    keep = [{**r, "split": sp} for r, sp in zip(rows, splits)
+            if not (sp != "test" and r["source"].startswith("nih") and r["label"] == "pneumonia")]
+    return write_rows(out / "cxr-nih-cohen-without-nih-pneumonia.csv", fields + ["split"], keep)
+
+
 def nih_test_rows(out: Path) -> Path:
     """The NIH rows (normal vs pneumonia) of the cxr-nih-cohen test split, as a manifest without splits."""
     fields, rows = absolute_rows(CXR)
@@ -107,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kermany-images", type=int, default=1500, help="images of kermany-peds-train that B trains on (with its val and test)")
     ap.add_argument("--skip-reverse", action="store_true", help="only A (trained on cxr-nih-cohen)")
     ap.add_argument("--seed", type=int, default=42, help="seed of both trainings and of the kermany subset")
+    ap.add_argument("--without-nih-pneumonia", action="store_true",
+                    help="A trains without the NIH pneumonia images of cxr-nih-cohen (its test split unchanged)")
     args, flags = ap.parse_known_args(argv)
     flags += ["--seed", str(args.seed)]
     if not CXR.exists() or not KERMANY.exists():
@@ -117,7 +130,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     rows, times = [], {}
     t0 = time.time()
-    run_a = train(CXR, out / "A-cxr-nih-cohen", flags)
+    run_a = train(without_nih_pneumonia(out) if args.without_nih_pneumonia else CXR, out / "A-cxr-nih-cohen", flags)
     m = json.loads((run_a / "metrics.json").read_text())
     nih = next(s for s in m["per_source"] if s.startswith("nih"))
     rows += [row("A cxr-nih-cohen -> its test (in-domain)", m), row("A cxr-nih-cohen -> its test, NIH only", m, nih)]
@@ -135,7 +148,7 @@ def main(argv=None) -> int:
     def f(v):
         return "  n/a" if v is None else f"{v:.3f}"
 
-    print(f"\nrecipe flags: {' '.join(flags) or '(defaults)'}")
+    print(f"\nrecipe flags: {' '.join(flags) or '(defaults)'}" + (" (A without NIH pneumonia)" if args.without_nih_pneumonia else ""))
     print(f"{'evaluation':62s} {'n (inf)':>11s} {'ROC-AUC [95% CI]':>24s} {'sens':>6s} {'spec':>6s} {'flagged':>8s}")
     for r in rows:
         ci = r["roc_auc_ci95"]
@@ -144,7 +157,7 @@ def main(argv=None) -> int:
         print(f"{r['evaluation']:62s} {r['n']:5d} ({r['n_infected']:4d}) {auc:>24s} {f(r['sensitivity']):>6s} {f(r['specificity']):>6s} "
               f"{'' if flagged is None else f'{flagged:.2f}':>8s}")
     print("wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
-    (out / "generalization.json").write_text(json.dumps({"flags": flags, "rows": rows, "wall_s": times}, indent=2))
+    (out / "generalization.json").write_text(json.dumps({"flags": flags, "without_nih_pneumonia": args.without_nih_pneumonia, "rows": rows, "wall_s": times}, indent=2))
     return 0
 
 
