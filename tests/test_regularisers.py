@@ -63,3 +63,22 @@ def test_ema_keeps_the_averaged_weights(tiny_data, tmp_path):
     kept = load_predictor(out).model.state_dict()
     for k in moved:
         assert torch.allclose(kept[k[len("model."):]].float(), average[k].float()), k
+
+
+def test_a_killed_ema_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path):
+    """The average lives in last.ckpt beside the weights as trained; resuming restores both."""
+    import json
+    import signal
+
+    from tests.test_resume import FLAGS, cli
+
+    flags = [*FLAGS, "--ema-decay", "0.5", "--lr-finetune", "0.01"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert cli("train", "--data", tiny_data, "--out", straight, *flags).returncode == 0
+    res = cli("train", "--data", tiny_data, "--out", killed, *flags, env={"CHESTXRAY_KILL_AFTER": "finetune:1"})
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    last = torch.load(killed / "checkpoints" / "finetune" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert "current_model_state" in last and "averaging_state" in last
+    res = cli("train", "--resume", killed)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
