@@ -1,13 +1,15 @@
 """Generalization benchmark: one recipe, in-domain and cross-domain, side by side.
 
     .venv/bin/python benchmarks/generalization.py [--out runs/generalization] [--kermany-images 1500]
-        [--skip-reverse] [any `chestxray train` flag, applied to both trainings]
+        [--skip-reverse] [--without-nih-pneumonia] [any `chestxray train` flag, applied to both trainings]
 
 - A: trained on ../shared/data/cxr-nih-cohen (its own patient-level split) -> its test split (overall and
   NIH-only), and -> all of ../shared/data/kermany-peds-train (another hospital, children, another device).
 - B: trained on a patient-level subset of kermany-peds-train (`--kermany-images`, carved into train / val /
   held-out test, patient-level and stratified) -> its held-out part, and -> the NIH rows of the
   cxr-nih-cohen test split (normal vs pneumonia).
+- `--without-nih-pneumonia`: a data ablation, not a recipe: A trains without cxr-nih-cohen's NIH pneumonia
+  images (train and val); its test split, NIH pneumonia included, is scored as it is.
 
 Every row gives ROC-AUC with a 95% patient-level bootstrap interval, and sensitivity and specificity at the
 model's stored (validation-chosen) threshold. Writes RUN/generalization.json. Research figures only.
