@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ensemble import auc_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -50,7 +51,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from chestxray.data.sources import evaluation_samples, patient_groups
     from chestxray.data.transforms import TTA_VIEWS
-    from chestxray.evaluation.metrics import binary_metrics, bootstrap_ci
     from chestxray.inference.load import load_predictor
 
     predictor = load_predictor(args.run)
@@ -72,9 +72,8 @@ def main(argv=None) -> int:
         row = {"views": cand}
         for ev, (samples, logits) in evals.items():
             y = np.array([predictor.scheme.is_infected(s.label) for s in samples])
-            p = predictor.p_infected(logits[idx].mean(0))
-            ci = bootstrap_ci(y, p, {"auc": 0.5}, patient_groups(samples), args.bootstrap, 42)["auc"]["roc_auc"] if args.bootstrap else [None, None]
-            row[ev] = {"roc_auc": binary_metrics(y, p)["roc_auc"], "ci95": ci}
+            auc, ci = auc_ci(y, predictor.p_infected(logits[idx].mean(0)), patient_groups(samples), args.bootstrap)
+            row[ev] = {"roc_auc": auc, "ci95": ci}
         rows.append(row)
 
     def f(v):
