@@ -78,7 +78,7 @@ class TrainConfig:
     focal_alpha: float = option(-1.0, "Focal alpha for the positive class; < 0 disables it.", le=1.0)
     class_weights: bool = option(True, "Balance classes in the loss.")
     unfreeze_last: int = option(0, "Finetune only the last N backbone blocks (0 = all).", ge=0)
-    mixup: float = option(0.0, "Mixup of training inputs with Beta(a, a) weights (images in finetune, cached features in the head stage), the loss mixed alike; 0: off.", ge=0.0)
+    mixup: float = option(0.0, "Mixup of training inputs with Beta(a, a) weights (the images, or the cached features where the head trains on them), the loss mixed alike; 0: off.", ge=0.0)
     ema_decay: float = option(0.0, "Finetune: validate, checkpoint and keep an exponential moving average of the weights (decay per optimizer step, e.g. 0.98); 0: the weights as trained.", ge=0.0, lt=1.0)
     finetune_bn: str = option("frozen", "Batch-norm statistics during finetune.", ("frozen", "train"))
     operating_point: str = option("best_f1", "Threshold stored with the model and used by predict, chosen on validation.", OPERATING_POINTS)
