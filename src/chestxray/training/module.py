@@ -62,9 +62,12 @@ class ClassifierModule(L.LightningModule):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.model_input(x)
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch that is already model input."""
         return self.head_fn(x) if self.head_fn is not None else self._net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(self.model_input(x))
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of a training batch; with --mixup, of the batch mixed with a shuffled copy of itself."""
@@ -74,7 +77,7 @@ class ClassifierModule(L.LightningModule):
         lam = float(torch.distributions.Beta(a, a).sample())
         perm = torch.randperm(len(x), device=x.device)
         x = self.model_input(x)
-        logits = self(lam * x + (1 - lam) * x[perm])
+        logits = self.network(lam * x + (1 - lam) * x[perm])
         return lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm])
 
     def train(self, mode: bool = True):
