@@ -164,16 +164,19 @@ def train(
 
 RUN_ARG = typer.Argument(..., metavar="RUN", help="Run directory (or its checkpoints/best.ckpt).")
 MODEL_ARG = typer.Argument(..., metavar="MODEL", help="Run directory, its checkpoints/best.ckpt, or a .onnx file from `chestxray export`.")
+DATA_OPT = typer.Option(..., help="ImageFolder root or CSV manifest.")
+SKIP_BAD_OPT = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping.")
+BOOTSTRAP_OPT = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none).")
 
 
 @app.command(cls=_Command)
 def evaluate(
     run: Path = MODEL_ARG,
-    data: str = typer.Option(..., help="ImageFolder root or CSV manifest."),
+    data: str = DATA_OPT,
     split: Optional[str] = typer.Option(None, help="Split to evaluate.  [default: test; all images where the data has no train/val/test splits]"),
     out: Optional[Path] = typer.Option(None, help="Output folder.  [default: RUN/eval/<data>-<split>]"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
-    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for 95% intervals (0: none)."),
+    skip_bad: bool = SKIP_BAD_OPT,
+    bootstrap: int = BOOTSTRAP_OPT,
     seed: int = typer.Option(0, help="Bootstrap seed."),
     audit: bool = typer.Option(False, "--audit", help="Add the shortcut audit (three more passes over the images)."),
 ):
@@ -220,11 +223,11 @@ def _print_audit(result: dict) -> None:
 @app.command(cls=_Command)
 def audit(
     run: Path = MODEL_ARG,
-    data: str = typer.Option(..., help="ImageFolder root or CSV manifest."),
+    data: str = DATA_OPT,
     split: Optional[str] = typer.Option(None, help="Split to audit.  [default: test; all images where the data has no splits]"),
     out: Optional[Path] = typer.Option(None, help="Where audit.json goes.  [default: RUN/audit/<data>-<split>]"),
-    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+    bootstrap: int = BOOTSTRAP_OPT,
+    skip_bad: bool = SKIP_BAD_OPT,
 ):
     """Shortcut audit: ROC-AUC with the lung fields hidden, with only the lungs kept, and with the borders hidden."""
     import json
@@ -259,8 +262,8 @@ def adapt(
     target_sensitivity: Optional[float] = typer.Option(None, help="Sensitivity the 'sensitivity' operating point must reach on the n images.  [default: the run's own]"),
     target_confidence: Optional[float] = typer.Option(None, help="With c > 0, reach --target-sensitivity on the site's other images with probability c (a tolerance bound over the n images' infected ones); 0: on the n images.  [default: the run's own]"),
     seed: int = typer.Option(0, help="Seed of the patient-level, stratified choice of the n images."),
-    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95% intervals (0: none)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+    bootstrap: int = BOOTSTRAP_OPT,
+    skip_bad: bool = SKIP_BAD_OPT,
 ):
     """Recalibrate a model for a new site: temperature and threshold (and with --head the classifier) from n labelled images."""
     from .evaluation.metrics import ThresholdRule
@@ -427,7 +430,7 @@ def explain(
     run: Path = RUN_ARG,
     paths: list[Path] = typer.Argument(..., metavar="PATHS", help="Image files or folders."),
     out: Path = typer.Option(Path("gradcam"), help="Output folder for overlays and explanations.csv."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images instead of stopping."),
+    skip_bad: bool = SKIP_BAD_OPT,
 ):
     """Grad-CAM overlays for the predicted class (eval mode, batched), one PNG per image."""
     from .inference.explain import explain_paths
