@@ -1,7 +1,7 @@
 """Cross-domain screen on frozen ImageNet features: which layers and preprocessing carry over to another site.
 
     .venv/bin/python benchmarks/feature_probe.py [--model efficientnet_lite0] [--img-size 224]
-        [--intensity none|equalize|percentile|clahe] [--C 0.003 0.01 0.1]
+        [--intensity none|equalize|percentile|clahe] [--C 0.003 0.01 0.1] [--debias 2]
 
 No training: the backbone stays at its ImageNet weights, so one forward pass per image is the cost. For each feature stage of the backbone (global mean and max pooling of timm's
 `forward_intermediates`, shallow to deep) and for the pooled features the classifier sees, a logistic
@@ -10,6 +10,12 @@ regression (standardised features, balanced classes) is fitted on the cxr-nih-co
 cxr-nih-cohen validation and test splits (and the test split's NIH rows), and on all of kermany-peds-train
 (another hospital, children), with a 95% patient-level bootstrap interval there. Nothing here chooses a
 model: it shows where in the network the transferable signal lives. Research figures only.
+
+`--debias K` adds a product-of-experts screen (Clark et al. 2019, "Don't take the easy way out"; He et al.
+2019, "Unlearn dataset bias"): a binary logistic regression on stage K alone is the bias expert; the
+classifier-input regression is then fitted with the bias expert's logit added to its own as a fixed offset
+(out-of-fold on the training split, patient-grouped), so it is pushed to explain what the shallow statistics
+do not; its own logit alone is scored. That is the cheap form of penalising what a shallow stage predicts.
 """
 
 from __future__ import annotations
@@ -66,6 +72,43 @@ def probe(train: tuple, evals: dict, C: float, multiclass: bool) -> dict[str, np
     return {name: score(z) for name, z in evals.items()}
 
 
+def debiased_probe(train_main: np.ndarray, train_bias: np.ndarray, target: np.ndarray, groups: list[str],
+                   evals: dict, C: float) -> dict[str, np.ndarray]:
+    """Binary scores of a logistic regression on `train_main` fitted with a bias expert's logit as an offset.
+
+    The bias expert (logistic regression on `train_bias`, same C) gives out-of-fold logits on the training
+    rows (5 patient-grouped folds); the main model minimises the balanced log loss of its logit plus that
+    offset, with the L2 strength sklearn's C implies, and is scored on its own logit.
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.preprocessing import StandardScaler
+
+    xb = StandardScaler().fit_transform(train_bias)
+    bias = cross_val_predict(LogisticRegression(C=C, max_iter=5000, class_weight="balanced"), xb, target,
+                             groups=groups or list(range(len(target))), cv=GroupKFold(5), method="decision_function")
+    scaler = StandardScaler().fit(train_main)
+    x = torch.tensor(scaler.transform(train_main), dtype=torch.float64)
+    t = torch.tensor(target, dtype=torch.float64)
+    weight = torch.where(t == 1, 0.5 / t.mean(), 0.5 / (1 - t.mean()))  # sklearn's "balanced", normalised
+    offset = torch.tensor(bias, dtype=torch.float64)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=1000, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b + offset, t, weight=weight, reduction="sum")
+        loss = nll + 0.5 / C * (w ** 2).sum()  # sklearn's objective: C * sum(loss) + w.w / 2
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w, b = w.detach().numpy(), b.item()
+    return {name: scaler.transform(z) @ w + b for name, z in evals.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="efficientnet_lite0")
@@ -73,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--intensity", default="none", choices=("none", "equalize", "percentile", "clahe"))
     ap.add_argument("--C", type=float, nargs="+", default=[0.01], help="inverse L2 strengths of the logistic regression")
     ap.add_argument("--bootstrap", type=int, default=500)
+    ap.add_argument("--debias", type=int, nargs="*", default=[], metavar="K",
+                    help="also fit the classifier-input probe against a bias expert on stage K (1-based)")
     args = ap.parse_args(argv)
     if not CXR.exists() or not KERMANY.exists():
         print(f"this benchmark needs {CXR} and {KERMANY}", file=sys.stderr)
@@ -118,6 +163,17 @@ def main(argv=None) -> int:
                 print(f"{name:26s} {'3-class' if multiclass else 'binary':10s} {C:6g} {auc('val', scores['val']):6.3f} "
                       f"{auc('test', scores['test']):6.3f} {auc('test', scores['test'], nih):6.3f}  "
                       f"{auc('kermany', scores['kermany']):6.3f} [{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
+    groups_train = patient_groups(samples["train"])
+    for k in args.debias:
+        for C in args.C:
+            scores = debiased_probe(feats["train"][-1], feats["train"][k - 1], y["train"], groups_train,
+                                    {n: feats[n][-1] for n in ("val", "test", "kermany")}, C)
+            ci = bootstrap_ci(y["kermany"], scores["kermany"], {"t": 0.0}, patient_groups(samples["kermany"]),
+                              args.bootstrap, 0)["t"]["roc_auc"] if args.bootstrap else [float("nan")] * 2
+            name = f"classifier input - stage {k}"
+            print(f"{name:26s} {'PoE':10s} {C:6g} {auc('val', scores['val']):6.3f} {auc('test', scores['test']):6.3f} "
+                  f"{auc('test', scores['test'], nih):6.3f}  {auc('kermany', scores['kermany']):6.3f} "
+                  f"[{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
     print(f"wall time {(time.time() - t0) / 60:.1f} min")
     return 0
 

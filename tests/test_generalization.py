@@ -303,3 +303,32 @@ def test_test_time_views_are_part_of_the_model_contract(tiny_data, tmp_path):
     adapted_logits, adapted_features = adapted.forward(split.images)
     with torch.no_grad():
         assert torch.allclose(adapted_logits, adapted.model.eval().get_classifier()(adapted_features), atol=1e-5)
+
+
+def test_product_of_experts_probe_discounts_the_bias_expert():
+    """benchmarks/feature_probe.py --debias: a shortcut the bias expert sees is learned less by the main probe."""
+    import importlib.util
+    from pathlib import Path
+
+    from sklearn.metrics import roc_auc_score
+
+    spec = importlib.util.spec_from_file_location("feature_probe", Path(__file__).parents[1] / "benchmarks" / "feature_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rng = np.random.default_rng(0)
+
+    def site(n, shortcut_sign):
+        y = rng.integers(0, 2, n)
+        signal = (2 * y - 1) * 0.8 + rng.normal(size=n)  # carries over
+        shortcut = shortcut_sign * (2 * y - 1) * 1.0 + rng.normal(size=n)  # stronger, flips at the other site
+        noise = rng.normal(size=(n, 6))
+        return np.column_stack([signal, shortcut, noise]), shortcut[:, None], y
+
+    x, bias, y = site(600, 1.0)
+    x_away, _, y_away = site(600, -1.0)
+    groups = [f"p{i // 2}" for i in range(len(y))]
+    plain = probe.debiased_probe(x, np.zeros_like(bias), y, groups, {"away": x_away, "home": x}, 1.0)
+    debiased = probe.debiased_probe(x, bias, y, groups, {"away": x_away, "home": x}, 1.0)
+    assert roc_auc_score(y_away, plain["away"]) < 0.45  # the plain probe follows the shortcut and inverts away
+    assert roc_auc_score(y_away, debiased["away"]) > roc_auc_score(y_away, plain["away"]) + 0.2
+    assert roc_auc_score(y, debiased["home"]) > 0.8  # and still separates the classes at home
