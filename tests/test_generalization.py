@@ -332,3 +332,45 @@ def test_product_of_experts_probe_discounts_the_bias_expert():
     assert roc_auc_score(y_away, plain["away"]) < 0.45  # the plain probe follows the shortcut and inverts away
     assert roc_auc_score(y_away, debiased["away"]) > roc_auc_score(y_away, plain["away"]) + 0.2
     assert roc_auc_score(y, debiased["home"]) > 0.8  # and still separates the classes at home
+
+
+@pytest.fixture(scope="module")
+def view_manifest(tiny_data, tmp_path_factory):
+    """tiny_data's manifest with a view column confounded with the class (normal mostly AP)."""
+    t = pd.read_csv(tiny_data / "manifest.csv", keep_default_na=False)
+    rng = np.random.default_rng(0)
+    ap = np.where(t["label"] == "normal", 0.8, 0.3)
+    t["view"] = np.where(t["label"] == "", "", np.where(rng.random(len(t)) < ap, "AP", "PA"))
+    t["path"] = [str(tiny_data / p) for p in t["path"]]
+    path = tmp_path_factory.mktemp("views") / "manifest.csv"
+    t.to_csv(path, index=False)
+    return path
+
+
+def test_balance_view_weights_the_training_loss(view_manifest, tmp_path):
+    from chestxray.config import Config
+    from chestxray.training.losses import balance_weights
+    from chestxray.training.stages import prepare_run, stage_inputs
+
+    cfg = Config()
+    cfg.update({"data": {"data": str(view_manifest), "img_size": 64, "batch_size": 16},
+                "train": {"balance": "view", "bootstrap": 0, "stages": "head"}})
+    run = prepare_run(cfg, tmp_path / "run")
+    train = run.decoded["train"].samples
+    assert {s.view for s in train} == {"AP", "PA"}
+    assert torch.allclose(run.sample_weights, balance_weights(train, "view"))
+    assert run.sample_weights.std() > 0.1  # the views were confounded, so the weights differ
+    module, _ = stage_inputs(run, "head")
+    assert torch.equal(module.criterion.sample_weights, run.sample_weights)
+    assert "view" in pd.read_csv(tmp_path / "run" / "split.csv").columns
+
+
+def test_balance_view_trains_from_the_cli_and_needs_views(view_manifest, tiny_data, tmp_path):
+    res = invoke("train", "--data", view_manifest, "--out", tmp_path / "run", "--img-size", "64", "--batch-size", "16",
+                 "--epochs-head", "2", "--epochs-finetune", "1", "--balance", "view", "--bootstrap", "0", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "balance: view" in (tmp_path / "run" / "config.yaml").read_text()
+    res = invoke("train", "--data", tiny_data, "--out", tmp_path / "noview", "--img-size", "64", "--stages", "head",
+                 "--balance", "view", "--quiet")
+    assert res.exit_code != 0
+    assert "view" in res.output and str(tiny_data) in res.output.replace("\n", "")

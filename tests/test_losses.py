@@ -59,3 +59,51 @@ def test_multilabel_loss_shapes():
 def test_unknown_loss():
     with pytest.raises(ValueError, match="unknown loss"):
         TaskLoss("binary", "hinge")
+
+
+@pytest.mark.parametrize("task,loss,n_out", [("binary", "ce", 1), ("binary", "focal", 1), ("multiclass", "ce", 3),
+                                             ("multiclass", "focal", 3), ("multilabel", "ce", 2)])
+def test_per_image_weights(task, loss, n_out):
+    """Uniform image weights give the unweighted loss; weight 0 removes an image; weight 2 counts it twice."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, n_out).squeeze(-1) if n_out == 1 else torch.randn(6, n_out)
+    target = {"binary": torch.tensor([0, 1, 1, 0, 1, 0.0]), "multiclass": torch.tensor([0, 1, 2, 2, 1, 0]),
+              "multilabel": torch.tensor([[0, 1], [1, 1], [0, 0], [1, 0], [0, 1], [1, 0.0]])}[task]
+    cw = {"binary": torch.tensor([2.0]), "multiclass": torch.tensor([0.5, 1.0, 2.0]), "multilabel": torch.tensor([1.5, 0.5])}[task]
+    index = torch.arange(6)
+    plain = TaskLoss(task, loss, class_weights=cw)
+    assert torch.allclose(TaskLoss(task, loss, class_weights=cw, sample_weights=torch.ones(6))(logits, target, index), plain(logits, target))
+    zero_last = TaskLoss(task, loss, class_weights=cw, sample_weights=torch.tensor([1, 1, 1, 1, 1, 0.0]))
+    assert torch.allclose(zero_last(logits, target, index), plain(logits[:5], target[:5]))
+    twice_first = TaskLoss(task, loss, class_weights=cw, sample_weights=torch.tensor([2, 1, 1, 1, 1, 1.0]))
+    dup = torch.cat([index[:1], index])
+    assert torch.allclose(twice_first(logits, target, index), plain(logits[dup], target[dup]))
+    assert torch.allclose(twice_first(logits, target), plain(logits, target))  # no index: no image weights
+
+
+def test_balance_weights_make_view_independent_of_class_within_each_source():
+    from collections import Counter, defaultdict
+
+    from chestxray.data.sources import Sample
+    from chestxray.training.losses import balance_weights
+
+    rows = ([("nih", "normal", "AP")] * 30 + [("nih", "normal", "PA")] * 10 + [("nih", "pneumonia", "AP")] * 10
+            + [("nih", "pneumonia", "PA")] * 20 + [("cohen", "covid", "PA")] * 12 + [("cohen", "covid", None)] * 4
+            + [("cohen", "normal", "PA")] * 2)
+    samples = [Sample(f"{i}.png", label, None, source, view) for i, (source, label, view) in enumerate(rows)]
+    w = balance_weights(samples, "view").numpy()
+    assert abs(w.mean() - 1) < 1e-6
+    mass = defaultdict(float)
+    for s, wi in zip(samples, w):
+        mass[(s.source, s.label, s.view)] += wi
+    class_mass = defaultdict(float)
+    for (src, label, _), m in mass.items():
+        class_mass[(src, label)] += m
+    # every class keeps its share of the total weight ...
+    counts = Counter((source, label) for source, label, _ in rows)
+    for k, m in class_mass.items():
+        assert m / w.sum() == pytest.approx(counts[k] / len(rows), rel=1e-5)
+    # ... and within nih both classes now have the source's view mix (40 AP : 30 PA)
+    for label in ("normal", "pneumonia"):
+        ap, pa = mass[("nih", label, "AP")], mass[("nih", label, "PA")]
+        assert ap / (ap + pa) == pytest.approx(40 / 70, rel=1e-5)

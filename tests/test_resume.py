@@ -109,8 +109,8 @@ def test_a_nan_loss_stops_the_run_naming_where(tiny_data, tmp_path, monkeypatch)
     calls = {"n": 0}
     original = losses.TaskLoss.forward
 
-    def poisoned(self, logits, targets):
-        loss = original(self, logits, targets)
+    def poisoned(self, logits, targets, index=None):
+        loss = original(self, logits, targets, index)
         if self.training:
             calls["n"] += 1
             if calls["n"] > 2:  # one batch an epoch here: the first batch of epoch 3

@@ -37,6 +37,7 @@ class Sample:
     label: str | None  # None: unlabelled, to be predicted
     patient_id: str | None = None
     source: str | None = None
+    view: str | None = None  # projection (PA, AP, ...), from a manifest's `view` column: what --balance view uses
 
 
 def split_name(name: str) -> str | None:
@@ -112,7 +113,7 @@ def _several(spellings: dict[str, set[str]]) -> dict[str, list[str]]:
 
 
 def read_manifest(csv_path: Path) -> Discovered:
-    """CSV manifest: path,label[,patient_id,source][,split]; paths relative to the CSV.
+    """CSV manifest: path,label[,patient_id,source,view][,split]; paths relative to the CSV.
 
     An empty label marks an unlabelled row (split 'unlabelled'). Without a split column, the split is
     taken from a leading train/ val/ test/ path component (any spelling in SPLIT_ALIASES) where every
@@ -157,7 +158,7 @@ def read_manifest(csv_path: Path) -> Discovered:
             spellings.setdefault(canonical_label(label), set()).add(label)
             label = canonical_label(label)
         splits.setdefault(split, []).append(
-            Sample(str(p), label, r.get("patient_id") or None, r.get("source") or source_default)
+            Sample(str(p), label, r.get("patient_id") or None, r.get("source") or source_default, r.get("view") or None)
         )
     return Discovered(splits, has_split or infer, _several(spellings), split_spellings)
 
@@ -241,7 +242,7 @@ def write_split_csv(path: Path, splits: dict[str, list[Sample]]) -> None:
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["split", "path", "label", "patient_id", "source"])
+        w.writerow(["split", "path", "label", "patient_id", "source", "view"])
         for split, samples in splits.items():
             for s in samples:
-                w.writerow([split, str(Path(s.path).resolve()), s.label or "", s.patient_id or "", s.source or ""])
+                w.writerow([split, str(Path(s.path).resolve()), s.label or "", s.patient_id or "", s.source or "", s.view or ""])

@@ -38,7 +38,7 @@ class ClassifierModule(L.LightningModule):
         scheme: TaskScheme,
         stage: str,
         cfg: TrainConfig,
-        class_weights: torch.Tensor | None = None,
+        criterion: TaskLoss | None = None,
         head_fn=None,
         preprocessing: Preprocessing | None = None,
     ):
@@ -49,7 +49,8 @@ class ClassifierModule(L.LightningModule):
         # not a registered submodule: checkpoints hold `model.*` once, compiled or not
         self.__dict__["_net"] = torch.compile(model) if cfg.compile and head_fn is None else model
         set_trainable(model, stage, cfg.unfreeze_last)
-        self.criterion = TaskLoss(scheme.task, cfg.loss, cfg.focal_gamma, cfg.focal_alpha, class_weights)
+        # the run's loss (class and image weights); without one, the configured loss unweighted
+        self.criterion = criterion if criterion is not None else TaskLoss(scheme.task, cfg.loss, cfg.focal_gamma, cfg.focal_alpha)
         self.val_auc, self.val_f1, self.val_acc = BinaryAUROC(), BinaryF1Score(), BinaryAccuracy()
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,16 +70,17 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(self.model_input(x))
 
-    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss of a training batch; with --mixup, of the batch mixed with a shuffled copy of itself."""
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of a training batch (`index`: its images' positions in the training split, for per-image
+        weights); with --mixup, of the batch mixed with a shuffled copy of itself."""
         if self.cfg.mixup <= 0:
-            return self.criterion(self(x), y)
+            return self.criterion(self(x), y, index)
         a = torch.tensor(float(self.cfg.mixup))
         lam = float(torch.distributions.Beta(a, a).sample())
         perm = torch.randperm(len(x), device=x.device)
         x = self.model_input(x)
         logits = self.network(lam * x + (1 - lam) * x[perm])
-        return lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm])
+        return lam * self.criterion(logits, y, index) + (1 - lam) * self.criterion(logits, y[perm], None if index is None else index[perm])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -93,8 +95,8 @@ class ClassifierModule(L.LightningModule):
         self.train()
 
     def training_step(self, batch, batch_idx):
-        x, y, _ = batch
-        loss = self.training_loss(x, y)
+        x, y, index = batch
+        loss = self.training_loss(x, y, index)
         if not torch.isfinite(loss):
             from .runstate import NonFiniteLoss
 

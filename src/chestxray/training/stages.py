@@ -41,7 +41,7 @@ from ..inference.model_card import write_model_card
 from ..inference.predictor import Predictor
 from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
-from .losses import TaskLoss, balanced_class_weights
+from .losses import TaskLoss, balance_weights, balanced_class_weights
 from .runstate import (CheckedCheckpointIO, KillAfter, RandomState, RunDirError, TrainingCheckpointError,
                        claim_run_dir, mark_progress, read_progress)
 from .module import ClassifierModule
@@ -177,6 +177,7 @@ class Run:
     precision: str
     synthetic: bool
     class_weights: torch.Tensor | None = None
+    sample_weights: torch.Tensor | None = None  # per training image (--balance), in run.decoded["train"] order
     states: dict[str, dict] = field(default_factory=dict)  # stage -> its best weights
     logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> logits
     features: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> pooled features
@@ -233,6 +234,10 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     writer = launched_as_global_zero()
     splits, scheme = prepare_splits(cfg)
+    by = cfg.train.balance
+    if by != "none" and not any(getattr(s, by) for s in splits["train"]):
+        raise DataError(f"{cfg.data.data}: --balance {by} needs each image's {by} (a '{by}' column in a CSV "
+                        f"manifest); none of the {len(splits['train'])} training images has one")
     synthetic = is_synthetic(cfg.data.data)
     if writer and resume:
         check_same_split(out / "split.csv", splits)
@@ -260,6 +265,8 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
               resolve_precision(cfg.train.precision), synthetic, resume=resume)
     if cfg.train.class_weights:
         run.class_weights = balanced_class_weights(scheme.task, list(run.targets("train")), scheme.num_outputs)
+    if cfg.train.balance != "none":
+        run.sample_weights = balance_weights(decoded["train"].samples, cfg.train.balance)
     return run
 
 
@@ -271,12 +278,12 @@ def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
     on_features = stage == "head" and cfg.train.head_features and (not cfg.train.head_augment or cfg.train.feature_views > 0)
     if on_features:
         feats = head_features(run)
-        module = ClassifierModule(run.model, run.scheme, stage, cfg.train, run.class_weights,
+        module = ClassifierModule(run.model, run.scheme, stage, cfg.train, stage_criterion(run),
                                   head_fn=head_split(run.model)[1], preprocessing=prep)
         data = StageData(FeatureDataset(feats["train"], targets["train"]), FeatureDataset(feats["val"], targets["val"]),
                          bs, 0, cfg.train.seed)
         return module, data
-    module = ClassifierModule(run.model, run.scheme, stage, cfg.train, run.class_weights, preprocessing=prep)
+    module = ClassifierModule(run.model, run.scheme, stage, cfg.train, stage_criterion(run), preprocessing=prep)
     augment = stage == "finetune" or cfg.train.head_augment
     train_ds = make_dataset(run.decoded["train"], run.scheme, prep, train=augment, augment=cfg.train.augment)
     val_ds = make_dataset(run.decoded["val"], run.scheme, prep, train=False)
@@ -371,9 +378,10 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
 
 
 def stage_criterion(run: Run) -> TaskLoss:
-    """The loss the stage's module uses (for the validation loss of a stage finished before a resume)."""
+    """The loss a stage trains with (and scores validation loss with, unweighted by image): the configured
+    loss with the run's class weights and, under --balance, its per-image weights."""
     t = run.cfg.train
-    return TaskLoss(run.scheme.task, t.loss, t.focal_gamma, t.focal_alpha, run.class_weights)
+    return TaskLoss(run.scheme.task, t.loss, t.focal_gamma, t.focal_alpha, run.class_weights, run.sample_weights)
 
 
 def check_same_split(path: Path, splits: dict) -> None:
