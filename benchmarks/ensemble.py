@@ -1,6 +1,8 @@
-"""Seed spread and a seed ensemble, from runs of benchmarks/generalization.py that differ only in --seed.
+"""Seed spread and a seed ensemble, from runs of benchmarks/generalization.py that differ only in --seed
+(or an ensemble across recipes, from runs that differ in their recipe flags).
 
     .venv/bin/python benchmarks/ensemble.py runs/gen-baseline runs/gen-seed1 runs/gen-seed2
+    .venv/bin/python benchmarks/ensemble.py runs/gen-lite2 runs/gen-multiclass-unfreeze2
 
 Each folder must hold A-cxr-nih-cohen/predictions-test.csv and A-on-kermany/predictions-all.csv (written by
 training and by `chestxray evaluate`). For each member and for the ensemble (the mean of the members'
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
         rows[name] = {"n": int(len(y)), "n_infected": int(y.sum()), "members": members,
                       "ensemble": auc_ci(y, mean_p, groups, args.bootstrap)}
     print(f"members: {', '.join(args.runs)}")
-    print(f"{'evaluation':26s} {'n (inf)':>11s} " + " ".join(f"{'seed run ' + str(i + 1):>22s}" for i in range(len(args.runs)))
+    print(f"{'evaluation':26s} {'n (inf)':>11s} " + " ".join(f"{'member ' + str(i + 1):>22s}" for i in range(len(args.runs)))
           + f" {'member range':>13s} {'ensemble':>22s}")
     for name, r in rows.items():
         cells = " ".join(f"{a:.3f} [{c[0]:.3f}, {c[1]:.3f}]" for a, c in r["members"])
