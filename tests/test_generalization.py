@@ -370,6 +370,7 @@ def test_balance_view_trains_from_the_cli_and_needs_views(view_manifest, tiny_da
                  "--epochs-head", "2", "--epochs-finetune", "1", "--balance", "view", "--bootstrap", "0", "--quiet")
     assert res.exit_code == 0, res.output
     assert "balance: view" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "`--balance view`" in (tmp_path / "run" / "model_card.md").read_text()
     res = invoke("train", "--data", tiny_data, "--out", tmp_path / "noview", "--img-size", "64", "--stages", "head",
                  "--balance", "view", "--quiet")
     assert res.exit_code != 0

@@ -84,7 +84,9 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
         f"{', '.join(scheme.classes)} (normal class: {scheme.normal_class}); outputs {', '.join(scheme.output_names)}.",
         f"- Weights origin: ImageNet-pretrained weights from {meta.get('weights_origin')}.",
         f"- Training: stages {stages} (head on frozen features, then fine-tuning); "
-        f"final model from the **{meta.get('stage')}** stage, chosen on validation; loss {train_cfg.get('loss', '?')}; seed {train_cfg.get('seed', '?')}.",
+        f"final model from the **{meta.get('stage')}** stage, chosen on validation; loss {train_cfg.get('loss', '?')}; seed {train_cfg.get('seed', '?')}"
+        + ("; training images weighted so that each class has its source's mix of views (`--balance view`)" if train_cfg.get("balance") == "view" else "")
+        + ".",
         f"- Input: {prep.img_size} x {prep.img_size} px; {prep.resize}; intensity step: {prep.intensity}; test-time views: {prep.tta}.",
         f"- Decision: P(infected) >= {predictor.threshold:.4f} ({predictor.threshold_rule or 'chosen on validation'}); "
         f"temperature {predictor.temperature:.3f} (fitted on validation where calibration was asked for).",
