@@ -375,3 +375,15 @@ def test_balance_view_trains_from_the_cli_and_needs_views(view_manifest, tiny_da
                  "--balance", "view", "--quiet")
     assert res.exit_code != 0
     assert "view" in res.output and str(tiny_data) in res.output.replace("\n", "")
+
+
+def test_balance_auto_is_view_where_the_images_have_views(view_manifest, tiny_data):
+    from chestxray.config import Config
+    from chestxray.data.sources import discover
+    from chestxray.training.stages import with_balance_resolved
+
+    cfg = Config()
+    assert cfg.train.balance == "auto"
+    assert with_balance_resolved(cfg, discover(view_manifest).splits["train"]).train.balance == "view"
+    assert with_balance_resolved(cfg, discover(tiny_data).splits["train"]).train.balance == "none"
+    assert cfg.train.balance == "auto"  # the caller's config is left as it was

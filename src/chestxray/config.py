@@ -77,7 +77,7 @@ class TrainConfig:
     focal_gamma: float = option(2.0, "Focal-loss focusing parameter gamma (0 is cross-entropy).", ge=0.0)
     focal_alpha: float = option(-1.0, "Focal alpha for the positive class; < 0 disables it.", le=1.0)
     class_weights: bool = option(True, "Balance classes in the loss.")
-    balance: str = option("none", "Weight training images so that, within each source, every class has the same mix of views (a manifest's 'view' column: PA, AP, ...), so the model cannot tell the classes apart by projection; each class keeps its weight. none: off.", ("none", "view"))
+    balance: str = option("auto", "Weight training images so that, within each source, every class has the same mix of views (a manifest's 'view' column: PA, AP, ...), so the model cannot tell the classes apart by projection; each class keeps its weight. auto: view where the training images have views, else none; the run's config.yaml records which.", ("auto", "view", "none"))
     unfreeze_last: int = option(0, "Finetune only the last N backbone blocks (0 = all).", ge=0)
     mixup: float = option(0.0, "Mixup of training inputs with Beta(a, a) weights (the images, or the cached features where the head trains on them), the loss mixed alike; 0: off.", ge=0.0)
     ema_decay: float = option(0.0, "Finetune: validate, checkpoint and keep an exponential moving average of the weights (decay per optimizer step, e.g. 0.98); 0: the weights as trained.", ge=0.0, lt=1.0)

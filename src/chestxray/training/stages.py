@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -234,10 +234,7 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     writer = launched_as_global_zero()
     splits, scheme = prepare_splits(cfg)
-    by = cfg.train.balance
-    if by != "none" and not any(getattr(s, by) for s in splits["train"]):
-        raise DataError(f"{cfg.data.data}: --balance {by} needs each image's {by} (a '{by}' column in a CSV "
-                        f"manifest); none of the {len(splits['train'])} training images has one")
+    cfg = with_balance_resolved(cfg, splits["train"])
     synthetic = is_synthetic(cfg.data.data)
     if writer and resume:
         check_same_split(out / "split.csv", splits)
@@ -268,6 +265,19 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     if cfg.train.balance != "none":
         run.sample_weights = balance_weights(decoded["train"].samples, cfg.train.balance)
     return run
+
+
+def with_balance_resolved(cfg: Config, train: list) -> Config:
+    """The config with --balance auto made concrete (view where the training images carry views, else none),
+    so config.yaml says what was done; an explicit --balance view without views is an error."""
+    by = cfg.train.balance
+    has = any(s.view for s in train)
+    if by == "auto":
+        return replace(cfg, train=replace(cfg.train, balance="view" if has else "none"))
+    if by == "view" and not has:
+        raise DataError(f"{cfg.data.data}: --balance view needs each image's view (a 'view' column in a CSV "
+                        f"manifest); none of the {len(train)} training images has one")
+    return cfg
 
 
 def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
