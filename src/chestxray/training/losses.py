@@ -48,25 +48,12 @@ class TaskLoss(nn.Module):
         self.register_buffer("sample_weights", sample_weights if sample_weights is not None else torch.empty(0), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """The batch's loss; `index` (each image's position in the training split) weights it by sample_weights."""
-        if index is not None and self.sample_weights.numel():
-            per, norm = self.per_image(logits, target)
-            s = self.sample_weights[index.to(self.sample_weights.device).long()].to(per.device)
-            return (s * per).sum() / (s * norm).sum().clamp(min=1e-12)
-        w = self.class_weights if self.class_weights.numel() else None
-        if self.task == "multiclass":
-            target = target.long()
-            if self.loss == "focal":
-                return softmax_focal_loss(logits, target, self.gamma, w)
-            return F.cross_entropy(logits.float(), target, weight=w)
-        logits = logits.float().reshape(target.shape)
-        target = target.float()
-        if self.loss == "focal":
-            per = sigmoid_focal_loss(logits, target, alpha=self.alpha, gamma=self.gamma, reduction="none")
-            if w is not None:  # weight positives like pos_weight does for BCE
-                per = per * (1 + (w.to(per.device) - 1) * target)
-            return per.mean()
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=w)
+        """The batch's mean loss; `index` (each image's position in the training split) weights it by sample_weights."""
+        per, norm = self.per_image(logits, target)
+        if index is None or not self.sample_weights.numel():
+            return per.sum() / norm.sum()
+        s = self.sample_weights[index.to(self.sample_weights.device).long()].to(per.device)
+        return (s * per).sum() / (s * norm).sum().clamp(min=1e-12)
 
     def per_image(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(each image's loss, its share of the mean's denominator): sum(loss) / sum(share) is forward's mean."""
