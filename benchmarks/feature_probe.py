@@ -151,6 +151,15 @@ def main(argv=None) -> int:
     print(f"\n{args.model} ({origin}), {args.img_size} px, intensity {args.intensity}; frozen ImageNet features, "
           "logistic regression on cxr-nih-cohen train; ROC-AUC")
     print(f"{'features':26s} {'task':10s} {'C':>6s} {'val':>6s} {'test':>6s} {'NIH':>6s}  {'kermany [95% CI]':>22s}")
+    kermany_groups = patient_groups(samples["kermany"])
+
+    def print_row(name: str, task: str, C: float, scores: dict) -> None:
+        ci = bootstrap_ci(y["kermany"], scores["kermany"], {"t": 0.0}, kermany_groups,
+                          args.bootstrap, 0)["t"]["roc_auc"] if args.bootstrap else [float("nan")] * 2
+        print(f"{name:26s} {task:10s} {C:6g} {auc('val', scores['val']):6.3f} "
+              f"{auc('test', scores['test']):6.3f} {auc('test', scores['test'], nih):6.3f}  "
+              f"{auc('kermany', scores['kermany']):6.3f} [{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
+
     n_stages = len(feats["train"])
     for i in range(n_stages):
         dim = feats["train"][i].shape[1]
@@ -158,22 +167,13 @@ def main(argv=None) -> int:
         for multiclass in (False, True):
             for C in args.C:
                 scores = probe((feats["train"][i], labels["train"]), {k: feats[k][i] for k in ("val", "test", "kermany")}, C, multiclass)
-                ci = bootstrap_ci(y["kermany"], scores["kermany"], {"t": 0.0}, patient_groups(samples["kermany"]),
-                                  args.bootstrap, 0)["t"]["roc_auc"] if args.bootstrap else [float("nan")] * 2
-                print(f"{name:26s} {'3-class' if multiclass else 'binary':10s} {C:6g} {auc('val', scores['val']):6.3f} "
-                      f"{auc('test', scores['test']):6.3f} {auc('test', scores['test'], nih):6.3f}  "
-                      f"{auc('kermany', scores['kermany']):6.3f} [{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
+                print_row(name, "3-class" if multiclass else "binary", C, scores)
     groups_train = patient_groups(samples["train"])
     for k in args.debias:
         for C in args.C:
             scores = debiased_probe(feats["train"][-1], feats["train"][k - 1], y["train"], groups_train,
                                     {n: feats[n][-1] for n in ("val", "test", "kermany")}, C)
-            ci = bootstrap_ci(y["kermany"], scores["kermany"], {"t": 0.0}, patient_groups(samples["kermany"]),
-                              args.bootstrap, 0)["t"]["roc_auc"] if args.bootstrap else [float("nan")] * 2
-            name = f"classifier input - stage {k}"
-            print(f"{name:26s} {'PoE':10s} {C:6g} {auc('val', scores['val']):6.3f} {auc('test', scores['test']):6.3f} "
-                  f"{auc('test', scores['test'], nih):6.3f}  {auc('kermany', scores['kermany']):6.3f} "
-                  f"[{ci[0]:.3f}, {ci[1]:.3f}]", flush=True)
+            print_row(f"classifier input - stage {k}", "PoE", C, scores)
     print(f"wall time {(time.time() - t0) / 60:.1f} min")
     return 0
 

@@ -69,7 +69,7 @@ class TaskLoss(nn.Module):
         target = target.float()
         if self.loss == "focal":
             per = sigmoid_focal_loss(logits, target, alpha=self.alpha, gamma=self.gamma, reduction="none")
-            if w is not None:
+            if w is not None:  # weight positives like pos_weight does for BCE
                 per = per * (1 + (w.to(per.device) - 1) * target)
         else:
             per = F.binary_cross_entropy_with_logits(logits, target, pos_weight=w, reduction="none")
