@@ -387,3 +387,25 @@ def test_balance_auto_is_view_where_the_images_have_views(view_manifest, tiny_da
     assert with_balance_resolved(cfg, discover(view_manifest).splits["train"]).train.balance == "view"
     assert with_balance_resolved(cfg, discover(tiny_data).splits["train"]).train.balance == "none"
     assert cfg.train.balance == "auto"  # the caller's config is left as it was
+
+
+def test_a_run_made_before_balance_existed_resumes_unweighted(view_manifest, tmp_path):
+    """config.yaml of a run made before --balance existed has no `balance`: that run trained unweighted, and
+    resumed it must go on so, not take today's default (auto, i.e. view on this data)."""
+    import yaml
+
+    from chestxray.config import Config
+    from chestxray.training.stages import prepare_run
+
+    cfg = Config()
+    cfg.update({"data": {"data": str(view_manifest), "img_size": 64, "batch_size": 16},
+                "train": {"bootstrap": 0, "stages": "head"}})
+    old = cfg.to_dict()
+    del old["train"]["balance"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert Config.load(tmp_path / "config.yaml").train.balance == "auto"  # as a user's config file: the default
+    resumed = Config.load_run(tmp_path / "config.yaml")
+    assert resumed.train.balance == "none"
+    assert resumed.to_dict() | {"train": None} == cfg.to_dict() | {"train": None}  # nothing else changed
+    assert prepare_run(resumed, tmp_path / "run").sample_weights is None
+    assert prepare_run(cfg, tmp_path / "run-now").sample_weights is not None

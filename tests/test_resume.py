@@ -72,6 +72,23 @@ def test_resume_refuses_another_config_and_a_finished_run(uninterrupted, tmp_pat
     assert res.exit_code == 2 and "not a run directory to resume" in res.output
 
 
+def test_resume_with_a_config_file_compares_only_what_it_sets(uninterrupted, tmp_path):
+    """--config on resume: the options the file sets must match the run; those it leaves out are the run's, and
+    `balance: auto` matches whatever auto became when the run started."""
+    same = tmp_path / "same.yaml"
+    same.write_text("img_size: 64\nbalance: auto\n")
+    res = CliRunner().invoke(app, ["train", "--resume", str(uninterrupted), "--config", str(same)])
+    assert res.exit_code == 2 and "finished" in res.output, res.output
+    other = tmp_path / "other.yaml"
+    other.write_text("train:\n  lr: 0.5\n")
+    res = CliRunner().invoke(app, ["train", "--resume", str(uninterrupted), "--config", str(other)])
+    assert res.exit_code == 2 and "train.lr" in res.output and "keeps its config" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("img_size: huge\n")
+    res = CliRunner().invoke(app, ["train", "--resume", str(uninterrupted), "--config", str(bad)])
+    assert res.exit_code == 2 and str(bad) in res.output.replace("\n", "")
+
+
 def test_an_existing_run_is_not_replaced_silently(tiny_data, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", str(tiny_data), "--out", str(out), "--img-size", "64", "--stages", "head", "--epochs-head", "1",

@@ -132,11 +132,14 @@ def train(
             out = resume
             if not (resume / "config.yaml").exists():
                 raise ChestXrayError(f"{resume}: not a run directory to resume (no config.yaml)")
-            cfg = Config.load(resume / "config.yaml")
-            given = Config.load(resume / "config.yaml")
+            cfg = Config.load_run(resume / "config.yaml")
+            given = Config.load_run(resume / "config.yaml")  # what is given again must match; what is left out is kept
             if config:
-                given = Config.load(config)
+                Config.load(config)  # a bad file is refused naming it
+                given.update(Config.read_mapping(config))
             given.update(overrides)
+            if given.train.balance == "auto":  # resolved when the run started; config.yaml holds what auto became
+                given.train.balance = cfg.train.balance
             differ = config_differences(cfg.to_dict(), given.to_dict())
             if differ:
                 raise ChestXrayError(f"{resume}: a resumed run keeps its config, and these differ: {'; '.join(differ)}. "

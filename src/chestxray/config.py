@@ -17,12 +17,15 @@ from .errors import ConfigError
 from .files import write_text
 
 
-def option(default, help: str, choices: tuple | None = None, ge=None, gt=None, le=None, lt=None, flag: str | None = None):
+def option(default, help: str, choices: tuple | None = None, ge=None, gt=None, le=None, lt=None, flag: str | None = None,
+           before=None):
     """A config field with its help text and allowed values (enumerated, or numeric bounds).
 
     `flag`: the command-line spelling of a boolean option, when it is not --name/--no-name.
+    `before`: what a run's config.yaml written before this option existed did, where that is not the default
+    (`Config.load_run` reads it so, and a resumed old run goes on as it started).
     """
-    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "flag": flag}
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "flag": flag, "before": before}
     return field(default=default, metadata=meta)
 
 
@@ -77,7 +80,8 @@ class TrainConfig:
     focal_gamma: float = option(2.0, "Focal-loss focusing parameter gamma (0 is cross-entropy).", ge=0.0)
     focal_alpha: float = option(-1.0, "Focal alpha for the positive class; < 0 disables it.", le=1.0)
     class_weights: bool = option(True, "Balance classes in the loss.")
-    balance: str = option("auto", "Weight training images so that, within each source, every class has the same mix of views (a manifest's 'view' column: PA, AP, ...), so the model cannot tell the classes apart by projection; each class keeps its weight. auto: view where the training images have views, else none; the run's config.yaml records which.", ("auto", "view", "none"))
+    balance: str = option("auto", "Weight training images so that, within each source, every class has the same mix of views (a manifest's 'view' column: PA, AP, ...), so the model cannot tell the classes apart by projection; each class keeps its weight. auto: view where the training images have views, else none; the run's config.yaml records which.", ("auto", "view", "none"),
+                          before="none")
     unfreeze_last: int = option(0, "Finetune only the last N backbone blocks (0 = all).", ge=0)
     mixup: float = option(0.0, "Mixup of training inputs with Beta(a, a) weights (the images, or the cached features where the head trains on them), the loss mixed alike; 0: off.", ge=0.0)
     ema_decay: float = option(0.0, "Finetune: validate, checkpoint and keep an exponential moving average of the weights (decay per optimizer step, e.g. 0.98); 0: the weights as trained.", ge=0.0, lt=1.0)
@@ -124,13 +128,35 @@ class Config:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict, path: str | Path | None = None) -> "Config":
+        """A config from a nested or flat mapping; `path`, where it came from, prefixes any error."""
         cfg = cls()
-        cfg.update(d)
+        try:
+            cfg.update(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}" if path else str(e)) from e
         return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
+        return cls.from_dict(cls.read_mapping(path), path)
+
+    @classmethod
+    def load_run(cls, path: str | Path) -> "Config":
+        """A run's own config.yaml (written by `save`, every section complete): an option the file lacks was
+        added after the run was made, and takes the value that means what the run did then (`before`)."""
+        d = cls.read_mapping(path)
+        cfg = cls.from_dict(d, path)
+        for name, section in cfg.sections().items():
+            stored = d.get(name) if isinstance(d.get(name), dict) else {}
+            for f in fields(section):
+                if f.metadata.get("before") is not None and f.name not in stored:
+                    setattr(section, f.name, f.metadata["before"])
+        return cfg
+
+    @staticmethod
+    def read_mapping(path: str | Path) -> dict:
+        """The options a YAML config file sets, as written (nested or flat), checked to be a mapping."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
@@ -141,10 +167,7 @@ class Config:
             raise ConfigError(f"{path}: not a readable YAML file: {reason}") from e
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of options (such as `img_size: 224`)")
-        try:
-            return cls.from_dict(d)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
+        return d
 
     def sections(self) -> dict:
         return {"data": self.data, "model": self.model, "train": self.train}
