@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.sources import DataError, Sample, carve_validation, discover, is_synthetic
+from ..data.sources import DataError, Sample, carve_validation, discover, is_synthetic, patient_groups
 from ..errors import ChestXrayError
 from ..evaluation.evaluate import write_json, write_run_outputs
 from ..inference.model_card import write_model_card
@@ -125,7 +125,7 @@ def before_after(old: Predictor, new: Predictor, site: SiteData, new_logits: tor
                  n_boot: int, seed: int) -> dict:
     """Metrics on the held-back images at each model's own threshold, with 95% intervals."""
     y = np.array([old.scheme.is_infected(site.samples[i].label) for i in held])
-    groups = [site.samples[i].patient_id or f"__image{i}" for i in held]
+    groups = patient_groups([site.samples[i] for i in held])
     out = {}
     for name, predictor, logits in (("before", old, site.logits), ("after", new, new_logits)):
         p = predictor.p_infected(logits[held])
