@@ -89,20 +89,22 @@ def audit_section(audit: dict | None) -> list[str]:
             f'<p class="{"warn" if audit["shortcut_suspected"] else ""}">{html.escape(audit["verdict"])}</p>']
 
 
-def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pngs: list[tuple[bytes, str]] = ()) -> Path:
-    plots = outdir / "plots"
-    synthetic = metrics.get("synthetic")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>chestxray report</title><style>{CSS}</style></head><body>"]
-    parts.append(f"<h1>chestxray report</h1><p>{html.escape(str(metrics.get('data')))}, split <b>{html.escape(str(metrics.get('split')))}</b>"
-                 f", model {html.escape(str(metrics.get('model')))}"
-                 + (f", final stage {html.escape(str(metrics['final_stage']))}" if metrics.get("final_stage") else "") + "</p>")
-    parts.append(f'<p class="warn"><b>{RESEARCH_NOTE}</b> These figures describe this dataset and split only.</p>')
-    if synthetic:
+def header_section(metrics: dict) -> list[str]:
+    """Title, what was evaluated, and the research (and synthetic or external) notes."""
+    parts = [f"<h1>chestxray report</h1><p>{html.escape(str(metrics.get('data')))}, split <b>{html.escape(str(metrics.get('split')))}</b>"
+             f", model {html.escape(str(metrics.get('model')))}"
+             + (f", final stage {html.escape(str(metrics['final_stage']))}" if metrics.get("final_stage") else "") + "</p>",
+             f'<p class="warn"><b>{RESEARCH_NOTE}</b> These figures describe this dataset and split only.</p>']
+    if metrics.get("synthetic"):
         parts.append(f'<p class="synthetic">{SYNTHETIC_NOTE}</p>')
     if metrics.get("external"):
         parts.append('<p class="warn"><b>External evaluation:</b> this data was not the training data of the model.</p>')
+    return parts
 
-    parts.append("<h2>Data</h2>")
+
+def data_section(metrics: dict) -> list[str]:
+    """Class counts per split and what was evaluated."""
+    parts = ["<h2>Data</h2>"]
     counts = metrics.get("class_counts")
     if counts:
         classes = sorted({c for v in counts.values() for c in v})
@@ -114,12 +116,16 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
     if metrics.get("unreadable_skipped"):
         parts.append(f" Skipped as unreadable: {len(metrics['unreadable_skipped'])}.")
     parts.append("</p>")
+    return parts
 
+
+def metrics_section(metrics: dict) -> list[str]:
+    """The operating points, each stage's best checkpoint, the per-source rows and calibration."""
     boot = metrics.get("bootstrap", {})
-    parts.append("<h2>Metrics (infected vs normal)</h2>")
-    parts.append(f"<p>Thresholds other than 0.5 were chosen on the validation split and are only reported here. "
-                 f"Brackets: 95% bootstrap intervals ({boot.get('resamples')} {boot.get('unit')}-level resamples, seed {boot.get('seed')}).</p>")
-    parts.append(metrics_table(metrics["binary"], metrics.get("operating_points", {})))
+    parts = ["<h2>Metrics (infected vs normal)</h2>",
+             f"<p>Thresholds other than 0.5 were chosen on the validation split and are only reported here. "
+             f"Brackets: 95% bootstrap intervals ({boot.get('resamples')} {boot.get('unit')}-level resamples, seed {boot.get('seed')}).</p>",
+             metrics_table(metrics["binary"], metrics.get("operating_points", {}))]
     if metrics.get("stages"):
         parts.append("<h3>Each stage's best checkpoint (threshold 0.5)</h3><table><tr><th>stage / split</th>"
                      + "".join(f"<th>{k}</th>" for k in KEYS) + "</tr>")
@@ -141,10 +147,12 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
         if "ece_uncalibrated" in cal:
             line += f" after temperature scaling (T = {cal['temperature']:.2f}, fitted on validation); {cal['ece_uncalibrated']:.3f} before"
         parts.append(f"<p>{line}.</p>")
-    parts += ood_section(metrics.get("out_of_distribution"))
-    parts += audit_section(metrics.get("audit"))
+    return parts
 
-    parts.append("<h2>Curves</h2><div class='grid'>")
+
+def figures_section(plots: Path, cam_pngs: list[tuple[bytes, str]]) -> list[str]:
+    """The curves and the Grad-CAM grids, embedded."""
+    parts = ["<h2>Curves</h2><div class='grid'>"]
     for name in ("learning_curves", "roc", "pr", "confusion", "reliability", "confusion_multiclass"):
         parts.append(_img(plots / f"{name}.png"))
     parts.append("</div>")
@@ -152,18 +160,31 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
         parts.append("<h2>Grad-CAM</h2><p>Where the model looked, for the predicted class. Heat on text, markers or "
                      "borders rather than the lungs is a warning sign.</p>")
         parts += [f"<p>{_png_bytes_img(data, alt)}</p>" for data, alt in cam_pngs]
+    return parts
 
-    parts.append("<h2>Caveats</h2><ul>")
+
+def caveats_section(metrics: dict) -> list[str]:
     caveats = [
         "A research tool, not a diagnostic device: nothing here is evidence of clinical performance.",
-        f"The evaluated split has {b0['n']} images; read every figure with its interval.",
+        f"The evaluated split has {metrics['binary']['at_0.5']['n']} images; read every figure with its interval.",
         "Datasets that draw classes from different sources let a model learn the source instead of the disease: compare the per-source rows and validate externally.",
     ]
-    if synthetic:
+    if metrics.get("synthetic"):
         caveats.insert(0, SYNTHETIC_NOTE)
     else:
         caveats.append("Labels mined from reports (as in NIH ChestX-ray) are noisy.")
-    parts += [f"<li>{html.escape(c)}</li>" for c in caveats] + ["</ul>"]
+    return ["<h2>Caveats</h2><ul>"] + [f"<li>{html.escape(c)}</li>" for c in caveats] + ["</ul>"]
+
+
+def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pngs: list[tuple[bytes, str]] = ()) -> Path:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>chestxray report</title><style>{CSS}</style></head><body>"]
+    parts += header_section(metrics)
+    parts += data_section(metrics)
+    parts += metrics_section(metrics)
+    parts += ood_section(metrics.get("out_of_distribution"))
+    parts += audit_section(metrics.get("audit"))
+    parts += figures_section(outdir / "plots", cam_pngs)
+    parts += caveats_section(metrics)
     if config:
         parts.append(f"<h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
     parts.append("</body></html>")
