@@ -41,8 +41,9 @@ def main(argv=None) -> int:
     scores["external"] = predictor.ood_scores(predictor.forward(predictor.decode(external).images)[1])
     print(f"{args.run}: OOD flag on its test split ({len(scores['test'])}) and on {args.external} ({len(scores['external'])})")
     print(f"{'threshold':34s} {'own test flagged':>17s} {'external flagged':>17s}")
-    rows = [("stored (99th pct of validation)", predictor.ood.threshold)]
-    rows += [(f"{q:g}th percentile of validation", float(np.quantile(scores["val"], q / 100))) for q in (95, 90)]
+    rows = [(f"stored ({100 * predictor.ood.quantile:g}th pct of validation)", predictor.ood.threshold)]
+    rows += [(f"{q:g}th percentile of validation", float(np.quantile(scores["val"], q / 100))) for q in (99, 95, 90)
+             if q != round(100 * predictor.ood.quantile)]
     for name, t in rows:
         print(f"{name:34s} {np.mean(scores['test'] > t):17.3f} {np.mean(scores['external'] > t):17.3f}")
     y = np.r_[np.zeros(len(scores["test"])), np.ones(len(scores["external"]))]
