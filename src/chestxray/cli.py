@@ -135,8 +135,7 @@ def train(
             cfg = Config.load_run(resume / "config.yaml")
             given = Config.load_run(resume / "config.yaml")  # what is given again must match; what is left out is kept
             if config:
-                Config.load(config)  # a bad file is refused naming it
-                given.update(Config.read_mapping(config))
+                given.update(Config.read_mapping(config), config)
             given.update(overrides)
             if given.train.balance == "auto":  # resolved when the run started; config.yaml holds what auto became
                 given.train.balance = cfg.train.balance

@@ -129,12 +129,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict, path: str | Path | None = None) -> "Config":
-        """A config from a nested or flat mapping; `path`, where it came from, prefixes any error."""
+        """A config from a nested or flat mapping; `path`, where it came from, is named in any error."""
         cfg = cls()
-        try:
-            cfg.update(d)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}" if path else str(e)) from e
+        cfg.update(d, path)
         return cfg
 
     @classmethod
@@ -172,12 +169,21 @@ class Config:
     def sections(self) -> dict:
         return {"data": self.data, "model": self.model, "train": self.train}
 
-    def update(self, d: dict) -> None:
-        """Set fields from a nested ({data: {...}}) or flat ({img_size: ...}) mapping."""
+    def update(self, d: dict, source: str | Path | None = None) -> None:
+        """Set fields from a nested ({data: {...}}) or flat ({img_size: ...}) mapping; `source`, the file it was
+        read from, is named in any error."""
+        try:
+            self._set(d)
+        except ConfigError as e:
+            if source is None:
+                raise
+            raise ConfigError(f"{source}: {e}") from e
+
+    def _set(self, d: dict) -> None:
         sections = self.sections()
         for key, value in d.items():
             if key in sections and isinstance(value, dict):
-                self.update(value)
+                self._set(value)
                 continue
             key = str(key).replace("-", "_")
             for section in sections.values():
