@@ -229,6 +229,32 @@ def test_device_look_keeps_shape_and_type_and_changes_pixels():
     assert torch.equal(DeviceLook(p=0.0)(x), x)
 
 
+def test_framing_augmentation_moves_the_frame_further_than_basic():
+    from chestxray.data.transforms import train_transform
+
+    # A white square on a bright film: how much of the output is the black canvas, and how the square's
+    # width compares with its height, say how far the frame moved.
+    x = torch.full((1, 96, 96), 180, dtype=torch.uint8)
+    x[0, 32:64, 32:64] = 255
+
+    def draws(augment):
+        torch.manual_seed(0)
+        outs = [train_transform(64, "none", augment)(x) for _ in range(60)]
+        black = [float((o == 0).float().mean()) for o in outs]
+        aspect = []
+        for o in outs:
+            rows, cols = torch.nonzero(o[0] > 230, as_tuple=True)
+            if len(rows):
+                aspect.append(float((cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1)))
+        return outs, black, aspect
+
+    outs, black, aspect = draws("framing")
+    assert all(o.shape == (1, 64, 64) and o.dtype == torch.uint8 for o in outs)
+    _, black_basic, aspect_basic = draws("basic")
+    assert max(black) > 0.3 > max(black_basic)  # zoomed out onto a black canvas
+    spread = max(aspect) / min(aspect)
+    assert spread > 1.5 and spread > max(aspect_basic) / min(aspect_basic) + 0.2  # squashed and stretched
+
 def test_intensity_is_part_of_the_model_contract(tiny_data, tmp_path):
     from chestxray.data.sources import load_samples
     from chestxray.data.transforms import Standardise

@@ -67,7 +67,7 @@ class TrainConfig:
     epochs_head: int = option(10, "Head-stage epochs (backbone frozen, batch-norm statistics too).", ge=0)
     epochs_finetune: int = option(4, "Finetune-stage epochs (from the best head checkpoint).", ge=0)
     lr: float = option(3e-3, "Head-stage learning rate.", gt=0.0)
-    augment: str = option("basic", "Training augmentation: basic (crop, small rotation and shift, brightness and contrast), or domain (adds gamma, blur or sharpening, noise, JPEG re-compression and resolution loss, as other devices and sites produce).", ("basic", "domain"))
+    augment: str = option("basic", "Training augmentation: basic (crop, small rotation and shift, brightness and contrast), domain (adds gamma, blur or sharpening, noise, JPEG re-compression and resolution loss, as other devices and sites produce), or framing (basic with wide crops of 45-100% of the area at aspect 3:4 to 4:3, and half the time a zoom-out onto a black canvas, as other sites frame and copy films).", ("basic", "domain", "framing"))
     head_augment: bool = option(False, "Augment images in the head stage (finetune always augments; off measured better on cxr-nih-cohen validation).")
     head_features: bool = option(True, "Head stage on backbone features computed once and cached, instead of running the frozen backbone every epoch.")
     feature_views: int = option(0, "Extra augmented views per training image in the feature cache (head stage).", ge=0)

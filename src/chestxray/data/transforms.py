@@ -20,7 +20,7 @@ RESIZE_RULE = (
 
 
 INTENSITY = ("none", "equalize", "percentile", "clahe")
-AUGMENT = ("basic", "domain")
+AUGMENT = ("basic", "domain", "framing")
 
 
 class Standardise(torch.nn.Module):
@@ -82,9 +82,18 @@ class DeviceLook(torch.nn.Module):
 
 def train_transform(img_size: int, intensity: str = "none", augment: str = "basic") -> v2.Compose:
     # Mild geometry and exposure changes. No horizontal flip: laterality (heart on the left) is anatomy.
+    if augment == "framing":
+        # How another site frames the film: half the time the image shrinks inside a black canvas up to 1.4x
+        # its side, then a crop of 45-100% of the area at aspect 3:4 to 4:3 (a square film squashed or
+        # stretched as other sites' copies are), so that neither the anatomy's scale nor its shape in the
+        # frame says much about the class.
+        geometry = [v2.RandomZoomOut(fill=0, side_range=(1.0, 1.4), p=0.5),
+                    v2.RandomResizedCrop(img_size, scale=(0.45, 1.0), ratio=(0.75, 4 / 3), antialias=True)]
+    else:
+        geometry = [v2.RandomResizedCrop(img_size, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True)]
     steps = [
         Standardise(intensity),
-        v2.RandomResizedCrop(img_size, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True),
+        *geometry,
         v2.RandomAffine(degrees=7, translate=(0.04, 0.04)),
         v2.ColorJitter(brightness=0.2, contrast=0.2),
     ]
