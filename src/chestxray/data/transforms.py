@@ -19,10 +19,6 @@ RESIZE_RULE = (
 )
 
 
-INTENSITY = ("none", "equalize", "percentile", "clahe")
-AUGMENT = ("basic", "domain", "framing")
-
-
 class Standardise(torch.nn.Module):
     """Per-image intensity standardisation of a uint8 (1, H, W) tensor, the same at training and inference.
 
