@@ -77,7 +77,7 @@ class DeviceLook(torch.nn.Module):
 
 
 def train_transform(img_size: int, intensity: str = "none", augment: str = "basic") -> v2.Compose:
-    # Mild geometry and exposure changes. No horizontal flip: laterality (heart on the left) is anatomy.
+    # Geometry (mild, or wide with framing) and exposure changes. No horizontal flip: laterality (heart on the left) is anatomy.
     if augment == "framing":
         # How another site frames the film: half the time the image shrinks inside a black canvas up to 1.4x
         # its side, then a crop of 45-100% of the area at aspect 3:4 to 4:3 (a square film squashed or
