@@ -111,3 +111,18 @@ def test_corrupt_dicom(tmp_path):
     p.write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 10)
     with pytest.raises(XrayReadError, match="bad.dcm.*DICOM"):
         read_xray(p)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo of a film stored sideways with EXIF orientation 6 reads as its upright copy."""
+    upright = np.zeros((40, 60), np.uint8)
+    upright[:10, :] = 255  # a bright band at the top
+    Image.fromarray(upright).save(tmp_path / "upright.jpg", quality=95)
+    stored = np.rot90(upright, k=1)  # orientation 6: the viewer turns it 90 degrees clockwise to show it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "sideways.jpg", quality=95, exif=exif)
+    a, b = read_xray(tmp_path / "upright.jpg"), read_xray(tmp_path / "sideways.jpg")
+    assert a.shape == b.shape == (40, 60)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 3
+    assert b[:10].mean() > 200 and b[-10:].mean() < 50

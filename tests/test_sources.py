@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -72,3 +73,107 @@ def test_carve_validation_without_patients():
     samples = [Sample(f"{i}.png", "normal" if i % 2 else "covid") for i in range(40)]
     tr, va = carve_validation(samples, 0.25, seed=0)
     assert len(va) == 10 and sum(s.label == "covid" for s in va) == 5
+
+
+def _tree(root, splits=("train", "val", "test"), classes=("normal", "covid"), n=1):
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(root / split / c / f"{i}.png")
+
+
+@pytest.mark.parametrize("style", ["absolute", "dotdot"])
+def test_manifest_keeps_the_split_its_paths_name_wherever_they_are(tmp_path, style):
+    data = tmp_path / "data"
+    _tree(data)
+    (tmp_path / "lists").mkdir()
+    manifest = tmp_path / "lists" / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "patient_id"])
+        for split in ("train", "val", "test"):
+            for c in ("normal", "covid"):
+                p = data / split / c / "0.png"
+                w.writerow([str(p) if style == "absolute" else f"../data/{split}/{c}/0.png", c, f"{split}{c}"])
+    splits = load_samples(manifest)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2, "val": 2, "test": 2}
+    assert all("/test/" in s.path for s in splits["test"])
+
+
+def test_manifest_with_some_paths_under_split_folders_is_refused(tmp_path):
+    _tree(tmp_path, splits=("test",))
+    (tmp_path / "normal").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "normal" / "a.png")
+    (tmp_path / "m.csv").write_text("path,label\ntest/normal/0.png,normal\ntest/covid/0.png,covid\nnormal/a.png,normal\n")
+    with pytest.raises(DataError, match="2 of 3 labelled rows lie under train/ val/ test/ folders.*'split' column"):
+        load_samples(tmp_path / "m.csv")
+
+
+def test_a_file_listed_twice_is_used_once_and_reported(tmp_path):
+    from chestxray.data.sources import discover
+
+    _tree(tmp_path, splits=("train",))
+    (tmp_path / "m.csv").write_text("path,label\ntrain/normal/0.png,normal\ntrain/covid/0.png,covid\n"
+                                    "./train/normal/0.png,normal\n")
+    found = discover(tmp_path / "m.csv")
+    assert len(found.splits["train"]) == 2
+    assert any("line 4 repeats line 2" in n for n in found.notes)
+    (tmp_path / "c.csv").write_text("path,label\ntrain/normal/0.png,normal\ntrain/normal/0.png,covid\n")
+    with pytest.raises(DataError, match="line 3 lists train/normal/0.png as 'covid', line 2 as 'normal'"):
+        discover(tmp_path / "c.csv")
+
+
+@pytest.mark.parametrize("encoding,delimiter,name", [("utf-8-sig", ",", None), ("utf-8", ";", "semicolon"),
+                                                     ("utf-8-sig", ";", "semicolon"), ("utf-8", "\t", "tab")])
+def test_spreadsheet_csv_byte_order_mark_and_delimiters(tmp_path, encoding, delimiter, name):
+    from chestxray.data.sources import discover
+
+    _tree(tmp_path, splits=("train",))
+    rows = [["path", "label", "patient_id"], ["train/normal/0.png", "Normal", "p1"], ["train/covid/0.png", "COVID", "p2"]]
+    (tmp_path / "m.csv").write_text("\r\n".join(delimiter.join(r) for r in rows) + "\r\n", encoding=encoding)
+    found = discover(tmp_path / "m.csv")
+    assert [(s.label, s.patient_id) for s in found.splits["train"]] == [("normal", "p1"), ("covid", "p2")]
+    assert any(f"read as {name}-separated" in n for n in found.notes) == (name is not None)
+
+
+def test_a_run_directory_in_the_data_folder_is_not_a_class(tmp_path):
+    from chestxray.data.sources import discover
+
+    _tree(tmp_path, splits=(), classes=())
+    for c in ("normal", "covid"):
+        (tmp_path / c).mkdir()
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / c / "a.png")
+    (tmp_path / "run1" / "plots").mkdir(parents=True)
+    (tmp_path / "run1" / "config.yaml").write_text("data: {}\n")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "run1" / "plots" / "roc.png")
+    found = discover(tmp_path)
+    assert {s.label for s in found.splits["train"]} == {"normal", "covid"}
+    assert any("run1: a chestxray run directory" in n for n in found.notes)
+
+
+def test_every_readable_format_is_found_in_class_folders(tmp_path):
+    """WebP and DICOM without a suffix are images for train and data check as they are for predict."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "covid").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "normal" / "a.webp")
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset("x", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 1, 8, 8, 7
+    ds.PhotometricInterpretation, ds.PixelRepresentation = "MONOCHROME2", 0
+    ds.PixelData = np.zeros((16, 16), np.uint8).tobytes()
+    ds.save_as(tmp_path / "covid" / "IM0001", enforce_file_format=True)
+    (tmp_path / "covid" / "notes.txt").write_text("not an image")
+    (tmp_path / "covid" / ".DS_Store").write_bytes(b"\0" * 200)
+    splits = load_samples(tmp_path)
+    assert sorted(Path(s.path).name for s in splits["train"]) == ["IM0001", "a.webp"]
+    from chestxray.inference.predict import expand_paths
+
+    assert sorted(Path(p).name for p in expand_paths([tmp_path])) == ["IM0001", "a.webp"]

@@ -53,13 +53,16 @@ def _decode_or_error(args):
         return None, e
 
 
+READER_VERSION = 2  # raised when read_xray decodes a file differently (2: EXIF orientation applied)
+
+
 def file_key(path: str, size: int) -> str:
     p = Path(path).resolve()
     try:
         st = p.stat()
-        sig = f"{p}|{st.st_size}|{st.st_mtime_ns}|{size}"
+        sig = f"{p}|{st.st_size}|{st.st_mtime_ns}|{size}|{READER_VERSION}"
     except OSError:
-        sig = f"{p}|missing|{size}"
+        sig = f"{p}|missing|{size}|{READER_VERSION}"
     return hashlib.sha1(sig.encode()).hexdigest()
 
 

@@ -77,6 +77,16 @@ def _pairs(items: list[tuple[str, Sample]], groups) -> tuple[list[dict], list[di
     return leaks, conflicts
 
 
+def one_class_validation(val: list[Sample], normal_class: str) -> str | None:
+    """Why a validation split cannot choose anything (it holds only Normal or only Infected images), or None."""
+    kinds = {canonical_label(s.label) != canonical_label(normal_class) for s in val if s.label}
+    if len(kinds) != 1:
+        return None
+    return (f"the val split holds only {'infected' if kinds == {True} else 'normal'} images ({len(val)}): it cannot choose "
+            "the best epoch, the final stage or a threshold; move its images into train and let --val-fraction carve a "
+            "stratified validation split from train")
+
+
 def quick_check(found: Discovered, normal_class: str | None = None) -> dict:
     """The checks that need no decoding, cheap enough to run before every training run.
 
@@ -90,9 +100,16 @@ def quick_check(found: Discovered, normal_class: str | None = None) -> dict:
         warnings.append(f"class '{canonical}' is spelt {' and '.join(repr(x) for x in spelt)}: read as one class, '{canonical}'")
     for written, split in found.split_spellings.items():
         warnings.append(f"split '{written}' read as '{split}'")
+    warnings += found.notes
     train_classes = sorted({s.label for s in splits.get("train", [])})
+    if not any(s.label for s in splits.get("train", [])):
+        problems.append("no training split (a train/ folder, class folders at the top, or labelled manifest rows "
+                        "in train or without a split)")
     if "train" in splits and len(train_classes) < 2:
         problems.append(f"train has a single class {train_classes}: need Normal and at least one infected class")
+    one_class = one_class_validation(splits.get("val", []), normal_class or "normal")
+    if one_class:
+        problems.append(one_class)
     if normal_class is not None and train_classes and canonical_label(normal_class) not in train_classes:
         problems.append(f"no class named '{normal_class}' (any case) in train {train_classes}: set --normal-class")
     missing = {}

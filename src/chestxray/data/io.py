@@ -9,11 +9,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ChestXrayError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
+# The one list of readable formats, for every command (train, data check, predict, evaluate...): a file with one
+# of these suffixes is an image; a file with another suffix or none is one where its first bytes say so
+# (`is_image_file`), as DICOM files from a PACS often have no extension.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
+SIGNATURES = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"),
+              (b"BM", ".bmp"))
+
+
+def sniff(head: bytes) -> str | None:
+    """The suffix of the image format a file's first 132 bytes are in, or None."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return ".dcm"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ".webp"
+    for magic, suffix in SIGNATURES:
+        if head.startswith(magic):
+            return suffix
+    return None
 # The largest image decoded, checked from the header before any pixel is read. Chest radiographs are at
 # most about 4,300 x 4,300 (18.5 Mpx); anything above this is a mistake or a decompression bomb.
 MAX_PIXELS = 64_000_000
@@ -38,6 +55,27 @@ def is_dicom(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Is `path` a file to read as an image: a known suffix, or (any other suffix) a PNG, JPEG, TIFF, BMP,
+    WebP or DICOM header? Hidden files (`.DS_Store`, `._name`) never are."""
+    path = Path(path)
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return sniff(head) is not None
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image file under `folder` (recursively, sorted), by `is_image_file`."""
+    return sorted(p for p in Path(folder).rglob("*") if is_image_file(p))
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -226,6 +264,7 @@ def _read_raster(path: Path) -> np.ndarray:
             _check_size(path, *im.size)  # only the first frame of a multi-page file is decoded
             with _native_stderr_silenced(tiff):
                 im.load()
+            im = ImageOps.exif_transpose(im)  # a photo of a film stored sideways, with EXIF orientation 6 or 8
             if im.mode in ("RGB", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr", "1", "L"):
                 return np.asarray(im.convert("L"), dtype=np.uint8)
             # 16-bit and 32-bit integer or float single-channel images

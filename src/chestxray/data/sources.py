@@ -7,6 +7,7 @@ Split names and class names are matched case-insensitively: `Train/`, `valid/`, 
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ChestXrayError
-from .io import IMAGE_SUFFIXES
+from .io import IMAGE_SUFFIXES, list_images
 from .labels import canonical_label
 
 SPLITS = ("train", "val", "test")
@@ -53,19 +54,28 @@ class Discovered:
     has_splits: bool  # False: no train/val/test structure; every labelled image is under 'train'
     label_spellings: dict[str, list[str]] = field(default_factory=dict)  # class -> every spelling seen, where > 1
     split_spellings: dict[str, str] = field(default_factory=dict)  # a split as written -> its name, where they differ
+    notes: list[str] = field(default_factory=list)  # what was read in an unusual way or left out, for the user to see
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+RUN_MARKERS = ("config.yaml", "progress.json")  # a folder holding one of these is a run directory, never a class
 
 
-def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
+def is_run_directory(folder: Path) -> bool:
+    return any((folder / m).exists() for m in RUN_MARKERS)
+
+
+def _class_folders(split_dir: Path, skipped: list[str]) -> dict[str, list[Path]]:
+    """Class name -> its image files; run directories found among the class folders are left out and named in `skipped`."""
     classes = sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     out = {}
     for d in classes:
-        files = _list_images(d)
+        if is_run_directory(d):
+            skipped.append(f"{d}: a chestxray run directory (it has {' or '.join(RUN_MARKERS)}), not a class folder; left out")
+            continue
+        files = list_images(d)
         if not files:
-            raise DataError(f"{d}: empty class folder (no image files with suffix {sorted(IMAGE_SUFFIXES)})")
+            raise DataError(f"{d}: empty class folder (no image files: suffixes {sorted(IMAGE_SUFFIXES)}, "
+                            "or PNG, JPEG, TIFF, BMP, WebP or DICOM content)")
         out[d.name] = files
     return out
 
@@ -95,8 +105,9 @@ def discover_folder(root: Path) -> Discovered:
         split_dirs = {"train": root}
     splits: dict[str, list[Sample]] = {}
     spellings: dict[str, set[str]] = {}
+    notes: list[str] = []
     for split, d in split_dirs.items():
-        folders = _class_folders(d)
+        folders = _class_folders(d, notes)
         if not folders:
             raise DataError(f"{d}: no class folders found (expected {d}/<class>/<image files>)")
         for name in folders:
@@ -104,7 +115,7 @@ def discover_folder(root: Path) -> Discovered:
         splits[split] = [Sample(str(f), canonical_label(cls), None, source) for cls, files in folders.items() for f in files]
     return Discovered(
         splits, has_splits, _several(spellings),
-        {d.name: split for split, d in split_dirs.items() if has_splits and d.name != split},
+        {d.name: split for split, d in split_dirs.items() if has_splits and d.name != split}, notes,
     )
 
 
@@ -112,38 +123,81 @@ def _several(spellings: dict[str, set[str]]) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in sorted(spellings.items()) if len(v) > 1}
 
 
-def read_manifest(csv_path: Path) -> Discovered:
-    """CSV manifest: path,label[,patient_id,source,view][,split]; paths relative to the CSV.
+def split_from_path(path: str) -> str | None:
+    """The split a manifest path's own folders name: its deepest folder spelt as a split (`train/`, `Val/`,
+    `/data/xr/test/normal/1.png`, `../set/valid/covid/2.png`), or None."""
+    for part in reversed(Path(path).parts[:-1]):
+        if split_name(part):
+            return part
+    return None
 
-    An empty label marks an unlabelled row (split 'unlabelled'). Without a split column, the split is
-    taken from a leading train/ val/ test/ path component (any spelling in SPLIT_ALIASES) where every
-    labelled row has one; otherwise all labelled rows are train.
+
+def read_csv_rows(csv_path: Path) -> tuple[list[str], list[dict[str, str]], str]:
+    """(columns, rows, delimiter) of a CSV as spreadsheets save it: a UTF-8 byte-order mark is dropped and
+    the delimiter (comma, semicolon or tab) is sniffed from the header line."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{csv_path}: not UTF-8 text ({e.reason} at byte {e.start}); save the manifest as CSV UTF-8") from None
+    header = text.split("\n", 1)[0]
+    delimiter = max((",", ";", "\t"), key=header.count) if header else ","
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    cols = [(c or "").strip() for c in (reader.fieldnames or [])]
+    rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items()} for r in reader]
+    return cols, rows, delimiter
+
+
+DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def read_manifest(csv_path: Path) -> Discovered:
+    """CSV manifest: path,label[,patient_id,source,view][,split]; relative paths are relative to the CSV.
+
+    Comma-, semicolon- or tab-separated, with or without a UTF-8 byte-order mark. An empty label marks an
+    unlabelled row (split 'unlabelled'). Without a split column, each labelled row's split is the one its
+    path's own folders name (`split_from_path`, absolute paths and `..` included) where every labelled row
+    has one; where only some do, the manifest is refused (a guess would lose a split); where none do, all
+    labelled rows are train. A file listed twice is kept once and reported.
     """
     base = csv_path.parent
     source_default = "synthetic-phantom" if (base / SYNTHETIC_MARKER).exists() else None
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in cols:
-            raise DataError(f"{csv_path}: manifest needs a 'path' column (found: {cols})")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    cols, rows, delimiter = read_csv_rows(csv_path)
+    if "path" not in cols:
+        raise DataError(f"{csv_path}: manifest needs a 'path' column (found: {cols}; read as {DELIMITER_NAMES[delimiter]}-separated)")
     if not rows:
         raise DataError(f"{csv_path}: manifest has no rows")
+    notes = [f"{csv_path}: read as {DELIMITER_NAMES[delimiter]}-separated"] if delimiter != "," else []
     has_split = "split" in cols
     if not has_split:
         labelled = [r for r in rows if r.get("label")]
-        first = [Path(r["path"]).parts[0] if Path(r["path"]).parts else "" for r in labelled]
-        infer = bool(labelled) and all(split_name(p) for p in first)
+        named = [split_from_path(r["path"]) for r in labelled]
+        infer = bool(labelled) and all(named)
+        if any(named) and not infer:
+            n = sum(1 for x in named if x)
+            raise DataError(f"{csv_path}: {n} of {len(labelled)} labelled rows lie under train/ val/ test/ folders and the "
+                            f"others do not, so their split cannot be told; add a 'split' column (train, val or test) to every row")
     splits: dict[str, list[Sample]] = {}
     spellings: dict[str, set[str]] = {}
     split_spellings: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    repeated: list[str] = []
     for i, r in enumerate(rows, start=2):
         if not r["path"]:
             raise DataError(f"{csv_path}: line {i}: empty path")
         p = Path(r["path"])
         p = p if p.is_absolute() else base / p
+        key = os.path.normpath(os.path.abspath(p))
         label = r.get("label") or None
-        written = r.get("split", "") if has_split else (Path(r["path"]).parts[0] if infer and label else "")
+        if key in seen:
+            first, first_label = seen[key]
+            if canonical_label(first_label or "") != canonical_label(label or ""):
+                raise DataError(f"{csv_path}: line {i} lists {r['path']} as '{label or ''}', line {first} as '{first_label or ''}'; "
+                                "a file has one label: remove one of the rows")
+            repeated.append(f"line {i} repeats line {first} ({r['path']})")
+            continue
+        seen[key] = (i, label)
+        written = r.get("split", "") if has_split else (split_from_path(r["path"]) if infer and label else "")
         if label is None:
             split = UNLABELLED
         elif written:
@@ -160,7 +214,10 @@ def read_manifest(csv_path: Path) -> Discovered:
         splits.setdefault(split, []).append(
             Sample(str(p), label, r.get("patient_id") or None, r.get("source") or source_default, r.get("view") or None)
         )
-    return Discovered(splits, has_split or infer, _several(spellings), split_spellings)
+    if repeated:
+        notes.append(f"{csv_path}: {len(repeated)} row(s) list a file already listed; each file is used once: "
+                     + "; ".join(repeated[:5]) + (" ..." if len(repeated) > 5 else ""))
+    return Discovered(splits, has_split or infer, _several(spellings), split_spellings, notes)
 
 
 def discover(data: str | Path) -> Discovered:

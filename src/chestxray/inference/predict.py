@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import RESEARCH_NOTE
-from ..data.io import IMAGE_SUFFIXES
+from ..data.io import list_images
 from ..errors import ChestXrayError
 from ..files import write_text
 
@@ -17,7 +17,7 @@ def expand_paths(paths: list[str | Path]) -> list[str]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = [str(f) for f in list_images(p)]
             if not found:
                 raise ChestXrayError(f"{p}: no image files in this folder")
             out += found
