@@ -154,7 +154,7 @@ def test_3_carved_validation_is_said(tiny_data, tmp_path):
     shutil.copytree(tiny_data / "train", data / "Train")
     res = invoke("train", "--data", data, "--out", tmp_path / "r", *HEAD)
     assert res.exit_code == 0, res.output
-    assert "has no validation split: carved" in res.output
+    assert "has no val split: carved" in res.output and "has no test split: carved" in res.output
 
 
 # --- 4. compare resolves the training data as evaluate does --------------------------------------------

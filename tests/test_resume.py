@@ -35,8 +35,10 @@ def metrics(run: Path) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("resume") / "straight"
+    start = time.time()
     res = cli("train", "--data", tiny_data, "--out", out, *FLAGS)
     assert res.returncode == 0, res.stderr[-3000:]
+    (out.parent / "wall.json").write_text(json.dumps({"seconds": time.time() - start}))
     return out
 
 
@@ -254,3 +256,85 @@ def test_resume_from_a_run_trained_on_a_relative_data_path(tiny_data, tmp_path, 
     assert all(Path(p).is_absolute() and Path(p).exists() for p in pd.read_csv(out / "split.csv")["path"])
     res = cli("train", "--resume", out)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_random_kills_always_resume_to_the_same_model(uninterrupted, tiny_data, tmp_path):
+    """kill -9 at random moments (not only at epoch boundaries): each time the run resumes, and the model it
+    ends with is the uninterrupted one."""
+    import random
+
+    rng = random.Random(20)
+    out = tmp_path / "run"
+    straight = json.loads((uninterrupted.parent / "wall.json").read_text())["seconds"]
+    kills = 0
+    while True:
+        args = ["train", "--resume", out] if (out / "config.yaml").exists() else ["train", "--data", tiny_data, "--out", out, *FLAGS]
+        proc = subprocess.Popen([sys.executable, "-c", "from chestxray.cli import main; main()", *map(str, args), "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if kills < 4:
+            try:
+                proc.wait(timeout=rng.uniform(1.0, 0.7 * straight))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                kills += 1
+        err = proc.communicate(timeout=600)[1]
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err[-3000:]  # resumable: the only way it ends is our kill
+    assert kills >= 2  # a kill drawn after the run would have finished is not made
+    assert metrics(out) == metrics(uninterrupted)
+    final = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    expected = torch.load(uninterrupted / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_a_run_directory_has_one_writer(tiny_data, tmp_path):
+    """A second `train` into a folder being written (--overwrite included) is refused naming the writer's pid; the
+    lock of a killed writer is taken over."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from chestxray.training.runstate import run_lock\n"
+                               "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["train", "--data", str(tiny_data), "--out", str(out), "--img-size", "64", "--stages", "head",
+                "--epochs-head", "1", "--bootstrap", "0", "--quiet"]
+        for extra in ([], ["--overwrite"]):
+            res = CliRunner().invoke(app, [*args, *extra])
+            assert res.exit_code == 2 and f"(pid {holder.pid}) is writing this run directory" in res.output
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"taking over the lock left by process {holder.pid}" in res.stderr
+    assert (out / "metrics.json").exists() and not (out / ".lock").exists()
+
+
+def test_a_run_inside_its_data_folder_is_refused(tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(data / "run1"), "--img-size", "64",
+                                   "--stages", "head", "--epochs-head", "1", "--quiet"])
+    assert res.exit_code == 2 and "inside the data folder" in res.output
+    assert not (data / "run1").exists()
+
+
+def test_validation_with_one_class_is_refused(tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "train", data / "train")
+    shutil.copytree(tiny_data / "val" / "normal", data / "val" / "normal")
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--img-size", "64",
+                                   "--stages", "head", "--epochs-head", "1", "--quiet"])
+    assert res.exit_code == 2 and "val split holds only normal images" in res.output and "--val-fraction" in res.output
+    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--no-check", "--img-size", "64",
+                                   "--stages", "head", "--epochs-head", "1", "--quiet"])
+    assert res.exit_code == 2 and "val split holds only normal images" in res.output
+    check = CliRunner().invoke(app, ["data", "check", str(data)])
+    assert check.exit_code == 1 and "val split holds only normal images" in check.output

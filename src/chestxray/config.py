@@ -45,6 +45,7 @@ class DataConfig:
     img_size: int = option(224, "Input size in pixels (square).", ge=32, le=2048)
     batch_size: int = option(32, "Images per batch (per process under DDP).", ge=1)
     val_fraction: float = option(0.15, "Fraction of train carved out as validation (patient-level, stratified) when the data has no val split.", gt=0.0, lt=1.0)
+    test_fraction: float = option(0.15, "Fraction of train carved out as the test split (patient-level, stratified) when the data has no test split, so that the run's figures never come from the validation images that chose its epoch, stage and threshold; 0: no test split, the run reports validation figures, marked optimistic.", ge=0.0, lt=1.0, before=0.0)
     skip_bad: bool = option(False, "Skip unreadable images (listed in RUN/skipped.csv) instead of stopping.")
     workers: int = option(0, "DataLoader worker processes; images are decoded once up front, so 0 suits a CPU.", ge=0)
     cache_dir: str | None = option(None, "Decoded-image and feature cache. [default: $CHESTXRAY_CACHE or ~/.cache/chestxray]")

@@ -91,18 +91,30 @@ def checksum_path(path: Path) -> Path:
 
 
 def save_checked(obj, path: str | Path) -> None:
-    """torch.save atomically, then record the file's size and SHA-256 beside it."""
+    """torch.save atomically, with its size and SHA-256 recorded beside it, such that a kill at any moment leaves
+    a file that matches its record: the record first names the new file beside the one it replaces, then the
+    file is renamed into place, then the record names the new file alone."""
     import torch
 
     path = Path(path)
+    side = checksum_path(path)
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-    write_text(checksum_path(path), json.dumps({"bytes": path.stat().st_size, "sha256": sha256(path)}))
+        new = {"bytes": tmp.stat().st_size, "sha256": sha256(tmp)}
+        if path.exists() and side.exists():
+            try:
+                old = json.loads(side.read_text())
+            except (OSError, ValueError):
+                old = None
+            if isinstance(old, dict) and "sha256" in old:
+                write_text(side, json.dumps({**new, "previous": {"bytes": old.get("bytes"), "sha256": old["sha256"]}}))
+    write_text(side, json.dumps(new))
 
 
 def verify(path: str | Path, what: str, error: type[ChestXrayError] = ChestXrayError) -> None:
-    """Refuse a file whose size or SHA-256 differs from what was recorded when it was written.
-    Files written before checksums were recorded (no sidecar) pass."""
+    """Refuse a file whose size or SHA-256 differs from what was recorded when it was written (or, while it was
+    being replaced, from the record of the file it replaced). Files written before checksums were recorded
+    (no sidecar) pass."""
     path = Path(path)
     side = checksum_path(path)
     if not side.exists() or not path.exists():
@@ -111,10 +123,12 @@ def verify(path: str | Path, what: str, error: type[ChestXrayError] = ChestXrayE
         record = json.loads(side.read_text())
     except (OSError, ValueError):
         raise error(f"{side}: the checksum record of {path.name} is unreadable") from None
+    accepted = [record] + ([record["previous"]] if isinstance(record.get("previous"), dict) else [])
     size = path.stat().st_size
-    if size != record.get("bytes"):
+    if all(size != r.get("bytes") for r in accepted):
         raise error(f"{path}: truncated or corrupt {what}: {size:,} bytes, {record.get('bytes'):,} when it was written")
-    if sha256(path) != record.get("sha256"):
+    digest = sha256(path)
+    if all(digest != r.get("sha256") for r in accepted):
         raise error(f"{path}: corrupt {what}: its SHA-256 differs from the one recorded when it was written")
 
 

@@ -76,9 +76,56 @@ def interrupts_raise():
             signal.signal(s, h)
 
 
+RUN_LOCK = ".lock"  # inside the run directory: the pid of the process writing it, held with flock while it does
+
+
+@contextmanager
+def run_lock(out: Path):
+    """Hold `out`'s writer lock for the block: a second writer (a second `train --out`, `--overwrite` or `--resume`
+    of the same folder) is refused naming the pid that holds it. The lock is an flock on `out/.lock`, which the
+    system releases when its process ends however it ends, so a lock left by a killed process is taken over (and
+    said so). A folder this call created and nothing else wrote into is removed again on the way out."""
+    import fcntl
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RUN_LOCK
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunDirError(f"{out}: another chestxray process (pid {holder}) is writing this run directory; wait for it "
+                          f"to finish or stop it, or give another --out") from None
+    f.seek(0)
+    stale = f.read().strip()
+    if stale and stale != str(os.getpid()):
+        log.warning("%s: taking over the lock left by process %s, which is no longer running", out, stale)
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+        if created and out.exists() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def run_files(out: Path) -> list[Path]:
+    """What a run directory holds, its writer lock aside."""
+    return [p for p in out.iterdir() if p.name != RUN_LOCK] if out.is_dir() else []
+
+
 def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into an existing run unless resuming it or told to replace it (then replace it whole)."""
-    exists = out.exists() and any(out.iterdir())
+    """Refuse to train into an existing run unless resuming it or told to replace it (then replace it whole).
+    The caller holds the run's lock (`run_lock`)."""
+    exists = bool(run_files(out))
     if resume:
         if not (out / "config.yaml").exists():
             raise RunDirError(f"{out}: not a run directory to resume (no config.yaml); start it with --out")
@@ -89,7 +136,8 @@ def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise RunDirError(f"{out}: a run directory is already there; continue it with `chestxray train --resume {out}`, "
                           "or give --overwrite to replace it (its files are deleted), or another --out")
     log.warning("replacing the earlier run in %s (--overwrite)", out)
-    shutil.rmtree(out)
+    for p in run_files(out):
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def read_progress(out: Path) -> dict:

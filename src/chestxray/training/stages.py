@@ -7,6 +7,7 @@ metrics.json is taken from the Predictor's forward pass, the one `chestxray pred
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import logging
@@ -27,7 +28,7 @@ from torch import nn
 from .. import SYNTHETIC_NOTE
 from ..config import STAGES, Config
 from ..data.cache import default_cache_dir, file_key
-from ..data.check import quick_check
+from ..data.check import one_class_validation, quick_check
 from ..data.datamodule import DecodedSplit, StageData, decode_split, make_dataset
 from ..data.labels import TaskScheme
 from ..data.sources import DataError, carve_validation, class_counts, discover, is_synthetic, write_split_csv
@@ -43,7 +44,7 @@ from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
 from .losses import TaskLoss, balance_weights, balanced_class_weights
 from .runstate import (CheckedCheckpointIO, KillAfter, RandomState, RunDirError, TrainingCheckpointError,
-                       claim_run_dir, mark_progress, read_progress)
+                       claim_run_dir, mark_progress, read_progress, run_lock)
 from .module import ClassifierModule
 from .progress import progress_callbacks
 
@@ -70,7 +71,7 @@ def launched_as_global_zero() -> bool:
 
 
 def prepare_splits(cfg: Config):
-    """The labelled splits to train on (validation carved from train where there is none), and the scheme.
+    """The labelled splits to train on (validation and test carved from train where there are none), and the scheme.
 
     Unless `cfg.data.check` is off, the cheap dataset checks run first and a problem stops the run
     before anything is decoded.
@@ -88,16 +89,25 @@ def prepare_splits(cfg: Config):
                 + "".join(f"\n  {d}" for d in details)
                 + f"\n(`chestxray data check {cfg.data.data}` lists everything; --no-check trains anyway)"
             )
+    else:
+        for note in found.notes:
+            log.warning("%s", note)
     splits = found.splits
-    if "train" not in splits:
+    if not splits.get("train"):
         raise DataError(f"{cfg.data.data}: no training split (a train/ folder, or labelled manifest rows)")
-    if "val" not in splits:
-        splits["train"], splits["val"] = carve_validation(splits["train"], cfg.data.val_fraction, cfg.train.seed)
+    for name, fraction in (("test", cfg.data.test_fraction), ("val", cfg.data.val_fraction)):
+        if name in splits or not fraction:
+            continue
+        n = len(splits["train"])
+        splits["train"], splits[name] = carve_validation(splits["train"], fraction, cfg.train.seed)
         log.warning(
-            "%s has no validation split: carved %d of %d training images (--val-fraction %g, stratified%s) as validation",
-            cfg.data.data, len(splits["val"]), len(splits["train"]) + len(splits["val"]), cfg.data.val_fraction,
-            ", patient-level" if any(s.patient_id for s in splits["val"]) else "",
+            "%s has no %s split: carved %d of %d training images (--%s-fraction %g, stratified%s) as %s",
+            cfg.data.data, name, len(splits[name]), n, name, fraction,
+            ", patient-level" if any(s.patient_id for s in splits[name]) else "", name,
         )
+    one_class = one_class_validation(splits["val"], cfg.data.normal_class)
+    if one_class:
+        raise DataError(f"{cfg.data.data}: {one_class}")
     scheme = TaskScheme.build(cfg.data.task, {s.label for s in splits["train"]}, cfg.data.normal_class)
     for name in ("val", "test"):
         unknown = sorted({s.label for s in splits.get(name, []) if s.label} - set(scheme.classes))
@@ -206,7 +216,13 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True, resume: bool 
     `resume`: `out` is an interrupted run of this same config: finished stages are not trained again, an
     interrupted one continues from its last complete epoch. `overwrite`: an existing `out` is replaced.
     """
-    run = prepare_run(cfg, Path(out), resume, overwrite)
+    out = Path(out)
+    with run_lock(out) if launched_as_global_zero() else contextlib.nullcontext():
+        return _train_run(cfg, out, progress, resume, overwrite)
+
+
+def _train_run(cfg: Config, out: Path, progress: bool, resume: bool, overwrite: bool) -> dict:
+    run = prepare_run(cfg, out, resume, overwrite)
     results = {}
     for stage in parse_stages(cfg.train.stages):
         if (cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune) > 0:
@@ -224,6 +240,10 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     cfg.validate()  # every option, before any data is read or any directory made
     if not cfg.data.data:
         raise DataError("no data: give --data or set data in --config")
+    data = Path(cfg.data.data).resolve()
+    if data.is_dir() and out.resolve().is_relative_to(data):
+        raise RunDirError(f"{out}: the run directory is inside the data folder {cfg.data.data}, where its files would be "
+                          "read as images of a class by the next run; give an --out outside it")
     if launched_as_global_zero():
         claim_run_dir(out, resume, overwrite)
         if resume and read_progress(out).get("finished"):
@@ -236,12 +256,13 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     splits, scheme = prepare_splits(cfg)
     cfg = with_balance_resolved(cfg, splits["train"])
     synthetic = is_synthetic(cfg.data.data)
-    if writer and resume:
+    if writer and resume and (out / "split.csv").exists():
         check_same_split(out / "split.csv", splits)
-    elif writer:
+    elif writer:  # config.yaml first: a run killed from here on can be resumed (split.csv is written again if missing)
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            cfg.save(out / "config.yaml")
         write_split_csv(out / "split.csv", splits)
-        cfg.save(out / "config.yaml")
         if synthetic:
             (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE + "\n")
     # weights before decoding: a missing weights file should stop the run before any slow work
@@ -355,7 +376,7 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
         module, data = stage_inputs(run, stage)
         trainer, ckpt_cb = make_trainer(run, stage, len(data.train_ds), progress, continuing)
         log_csv = run.out / "logs" / stage / "version_0" / "metrics.csv"
-        earlier = pd.read_csv(log_csv) if continuing and log_csv.exists() else None  # the logger starts its file anew
+        earlier = keep_earlier_log(log_csv) if continuing and run.writer else None  # the logger starts its file anew
         if continuing:
             log.info("resuming the %s stage from %s", stage, last)
         with warnings.catch_warnings():
@@ -363,9 +384,10 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
             warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BN, on purpose
             warnings.filterwarnings("ignore", ".*Experiment logs directory.*")
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if continuing else None)
-        if earlier is not None and run.writer:
+        if earlier is not None:
             later = pd.read_csv(log_csv) if log_csv.exists() else pd.DataFrame()
             write_text(log_csv, pd.concat([earlier, later], ignore_index=True).to_csv(index=False))
+            earlier_log(log_csv).unlink(missing_ok=True)
         best = load_checked(ckpt_cb.best_model_path, f"{stage} checkpoint", TrainingCheckpointError)["state_dict"]
         module.load_state_dict(best)  # the best epoch, not the last
         criterion = module.criterion
@@ -385,6 +407,25 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
     if run.eval_split == "test":
         res["test"] = binary_metrics(run.infected("test"), run.scheme.p_infected(run.logits[stage]["test"]).numpy(), 0.5)
     return res
+
+
+def earlier_log(log_csv: Path) -> Path:
+    return log_csv.with_name("metrics-before-resume.csv")
+
+
+def keep_earlier_log(log_csv: Path) -> pd.DataFrame:
+    """The epochs logged before this resume, kept in a file of their own until the stage ends: the logger starts
+    metrics.csv anew, so a run killed again during the resume would otherwise lose them."""
+    parts = []
+    for f in (earlier_log(log_csv), log_csv):
+        try:  # a line cut by the kill is dropped: its epoch is trained again
+            parts.append(pd.read_csv(f, on_bad_lines="skip"))
+        except (FileNotFoundError, pd.errors.EmptyDataError):
+            continue
+    earlier = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if len(earlier):
+        write_text(earlier_log(log_csv), earlier.to_csv(index=False))
+    return earlier
 
 
 def stage_criterion(run: Run) -> TaskLoss:
@@ -467,6 +508,9 @@ def summarise(results: dict, metrics: dict, final_stage: str, split: str, synthe
             rows[f"{stage} best: test @0.5"] = r["test"]
     rows[f"final ({final_stage}) {split} @val-thr"] = metrics["binary"]["at_val_threshold"]
     text = summary_table(rows) + "\n" + ci_line(metrics)
+    if split == "val":
+        text += ("\nNo test split (--test-fraction 0): the final figures are on the validation images that chose the epoch, "
+                 "the stage and the threshold; optimistic, not a test.")
     if synthetic:
         text = f"*** {SYNTHETIC_NOTE} ***\n" + text
     return text
