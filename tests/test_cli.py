@@ -149,12 +149,19 @@ def test_config_file_and_flag_override_and_carved_validation(tiny_data, tmp_path
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"]["img_size"] == 64 and saved["data"]["batch_size"] == 8 and saved["train"]["lr"] == 0.01
-    assert "has no validation split: carved" in res.output
+    assert "has no val split: carved" in res.output and "has no test split: carved" in res.output
     split = pd.read_csv(out / "split.csv")
-    assert set(split["split"]) == {"train", "val"}
+    assert set(split["split"]) == {"train", "val", "test"}
     assert set(split[split.split == "val"]["label"]) == {"covid", "normal", "pneumonia"}
+    assert set(split[split.split == "test"]["label"]) == {"covid", "normal", "pneumonia"}
     m = json.loads((out / "metrics.json").read_text())
-    assert m["split"] == "val"  # no test split: nothing claims to be a test figure
+    assert m["split"] == "test"  # never the validation images that chose the threshold
+    assert "never on test" in (out / "model_card.md").read_text()
+    # asked for no test split: the figures are validation's, and every output says they are optimistic
+    res = invoke("train", "--config", cfg, "--data", data, "--out", tmp_path / "r0", "--test-fraction", "0", "--stages", "head", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r0" / "metrics.json").read_text())["split"] == "val"
+    assert "optimistic, not a test" in res.output and "optimistic figures, not a test" in (tmp_path / "r0" / "model_card.md").read_text()
 
 
 def test_no_data_and_bad_options(tmp_path, tiny_data):
@@ -192,3 +199,45 @@ def test_report_is_one_self_contained_file(trained_run):
     assert f"Expected calibration error {ece:.3f}" in html  # the figure of metrics.json, not a placeholder
     assert html.count("data:image/png;base64,") >= 6  # curves, confusion, reliability, CAM grids, embedded
     assert 'src="http' not in html and "<script" not in html  # opens offline
+
+
+def test_evaluations_of_two_sites_never_share_a_folder_and_the_card_finds_them_all(trained_run, tmp_path):
+    from chestxray.data.synthetic import make_dataset
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    sites = []
+    for i, name in enumerate(("site-a", "site-b")):
+        root = make_dataset(tmp_path / name, {"covid": 3, "normal": 4, "pneumonia": 3}, size=64, seed=20 + i)
+        rows = pd.read_csv(root / "manifest.csv")
+        rows.to_csv(root / "labels.csv", index=False)  # both sites call their manifest labels.csv
+        sites.append(root / "labels.csv")
+    for site in sites:
+        assert invoke("evaluate", run, "--data", site, "--bootstrap", "0").exit_code == 0
+    folders = sorted(p.name for p in (run / "eval").iterdir())
+    assert len(folders) == 2 and all(f.startswith("labels-test-") for f in folders), folders
+    elsewhere = tmp_path / "elsewhere"
+    res = invoke("evaluate", run, "--data", sites[0], "--bootstrap", "0", "--out", elsewhere)
+    assert res.exit_code == 0, res.output
+    # another site into a folder that holds an evaluation: refused, the first kept
+    res = invoke("evaluate", run, "--data", sites[1], "--bootstrap", "0", "--out", elsewhere)
+    assert res.exit_code == 2 and "holds another evaluation" in res.output
+    assert json.loads((elsewhere / "metrics.json").read_text())["data"] == str(sites[0])
+    named = invoke("evaluate", run, "--data", sites[1], "--bootstrap", "0", "--name", "site-b-second")
+    assert named.exit_code == 0 and (run / "eval" / "site-b-second" / "metrics.json").exists()
+    record = json.loads((run / "evaluations.json").read_text())
+    assert len(record) == 4 and str(elsewhere.resolve()) in {e["out"] for e in record}
+    assert invoke("card", run).exit_code == 0
+    card = (run / "model_card.md").read_text()
+    external = card.split("## External validation")[1].split("##")[0]
+    assert external.count(str(sites[0])) == 2 and external.count(str(sites[1])) == 2
+
+
+def test_evaluate_reports_the_intervals_training_reported(trained_run, tiny_data, tmp_path):
+    """One bootstrap seed by default: the run's test split evaluated again gets training's own intervals."""
+    out, _ = trained_run
+    res = invoke("evaluate", out, "--data", tiny_data, "--out", tmp_path / "ev")
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "ev" / "metrics.json").read_text())["binary"]["at_val_threshold"]
+    trained = json.loads((out / "metrics.json").read_text())["binary"]["at_val_threshold"]
+    assert again["ci95"] == trained["ci95"] and again["ci95"]["roc_auc"][0] is not None

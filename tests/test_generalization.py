@@ -437,3 +437,31 @@ def test_a_run_made_before_balance_existed_resumes_unweighted(view_manifest, tmp
     assert then == now  # nothing else changed
     assert prepare_run(resumed, tmp_path / "run").sample_weights is None
     assert prepare_run(cfg, tmp_path / "run-now").sample_weights is not None
+
+
+def test_adapt_on_every_image_reports_out_of_fold_figures(run, foreign_site, tmp_path):
+    from chestxray.evaluation.metrics import operating_points
+    from chestxray.inference.predictor import Predictor
+    from chestxray.training.adapt import adapted_predictor, cross_fitted, load_site, run_rule
+
+    out = tmp_path / "all"
+    res = invoke("adapt", run, "--data", foreign_site, "--out", out, "--n", "all", "--bootstrap", "20")
+    assert res.exit_code == 0, res.output
+    assert "adapted on 48 images" in res.output and "out of fold" in res.output
+    r = json.loads((out / "adapt.json").read_text())
+    assert r["all"] and r["n_adaptation"] == 48 and r["n_heldout"] == 0 and r["before"]["n"] == r["after"]["n"] == 48
+    assert json.loads((out / "metrics.json").read_text())["split"] == "out-of-fold"
+    assert "On the out-of-fold split (48 images" in (out / "model_card.md").read_text()
+    new = Predictor.load(out)  # the model itself is fitted on all 48
+    old = Predictor.load(run)
+    site = load_site(old, foreign_site)
+    y = np.array([old.scheme.is_infected(s.label) for s in site.samples])
+    assert operating_points(y, new.p_infected(site.logits))["best_f1"] == pytest.approx(new.threshold, abs=1e-6)
+    # each fold is scored by a model that never saw it
+    fold_of, score = cross_fitted(old, site, False, run_rule(old), seed=0)
+    assert len(set(fold_of)) >= 2
+    k = fold_of[0]
+    model, logits = adapted_predictor(old, site, np.flatnonzero(fold_of != k), False, run_rule(old))
+    held = np.flatnonzero(fold_of == k)
+    assert np.allclose(score[held], model.p_infected(logits[held]) - model.threshold + 0.5)
+    assert r["after"]["sensitivity"] == pytest.approx(((score >= 0.5) & (y == 1)).sum() / (y == 1).sum())

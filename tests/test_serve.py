@@ -15,7 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from chestxray.cli import app as cli_app
-from chestxray.inference.serve import create_app, sniff
+from chestxray.data.io import sniff
+from chestxray.inference.serve import create_app
 from tests.test_io import write_dicom
 from tests.test_new_user import png_header_only
 

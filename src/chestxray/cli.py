@@ -5,6 +5,7 @@ A research tool, not a diagnostic device.
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import logging
@@ -31,7 +32,20 @@ log = logging.getLogger("chestxray")
 
 
 class _Command(TyperCommand):
-    """Usage lines in the usual form: `chestxray predict [OPTIONS] RUN [PATHS]...`."""
+    """Every command's error boundary: the project's errors, and a folder or file the user cannot write or read,
+    end the command with one line and exit 2. Usage lines in the usual form: `chestxray predict [OPTIONS] RUN [PATHS]...`."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ChestXrayError as e:
+            _fail(e)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            where = e.filename or "a file"
+            why = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+            _fail(f"{where}: {why} ({e.strerror}); give a folder you can write to, or change its permissions")
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -70,7 +84,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug mes
     setup_logging(verbose)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception | str) -> None:
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -150,8 +164,6 @@ def train(
             cfg.update(overrides)
         with interrupts_raise():
             metrics = train_run(cfg, out, progress=not quiet, resume=bool(resume), overwrite=overwrite)
-    except ChestXrayError as e:
-        _fail(e)
     except Interrupted as e:
         state = read_progress(out) if out and out.exists() else {"done": []}
         done = ", ".join(state["done"]) or "none"
@@ -176,25 +188,29 @@ def evaluate(
     run: Path = MODEL_ARG,
     data: str = DATA_OPT,
     split: Optional[str] = typer.Option(None, help="Split to evaluate.  [default: test; all images where the data has no train/val/test splits]"),
-    out: Optional[Path] = typer.Option(None, help="Output folder.  [default: RUN/eval/<data>-<split>]"),
+    out: Optional[Path] = typer.Option(None, help="Output folder.  [default: RUN/eval/NAME]"),
+    name: Optional[str] = typer.Option(None, help="Name of this evaluation's folder under RUN/eval/.  [default: <data>-<split>-<hash of the data's path>]"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace another evaluation already in the output folder."),
     skip_bad: bool = SKIP_BAD_OPT,
     bootstrap: int = BOOTSTRAP_OPT,
-    seed: int = typer.Option(0, help="Bootstrap seed."),
+    seed: Optional[int] = typer.Option(None, help="Bootstrap seed.  [default: the run's training seed, as training's own intervals]"),
     audit: bool = typer.Option(False, "--audit", help="Add the shortcut audit (three more passes over the images)."),
 ):
-    """Metrics with 95% intervals at 0.5 and at each validation operating point, calibration, per source, plots."""
+    """Metrics with 95% intervals at 0.5 and at each validation operating point, calibration, per source, plots.
+    Every evaluation is recorded in RUN/evaluations.json, where the model card finds it."""
     from .evaluation.evaluate import evaluate_run
     from .evaluation.summary import ci_line, summary_table
 
-    try:
-        metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit)
-    except ChestXrayError as e:
-        _fail(e)
+    metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite)
     split = metrics["split"]
     if split == "all":
         typer.echo(f"{data} has no train/val/test splits: evaluated all {metrics['binary']['at_0.5']['n']} labelled images.")
     if metrics["external"]:
         typer.echo(f"EXTERNAL evaluation: {data} was not the training data of this run.")
+    flagged = metrics["image_quality"]["n_flagged"]
+    if flagged:
+        typer.echo(f"{flagged} image(s) without a radiograph's grey levels got no decision and are left out of the figures "
+                   f"below: " + "; ".join(f"{f['path']}: {f['reason']}" for f in metrics["image_quality"]["flagged"][:3]))
     if metrics["synthetic"]:
         typer.echo("*** SYNTHETIC phantom data: not chest X-rays ***")
     rows = {f"{split} @{k[3:]}": v for k, v in metrics["binary"].items()}
@@ -227,7 +243,7 @@ def audit(
     run: Path = MODEL_ARG,
     data: str = DATA_OPT,
     split: Optional[str] = typer.Option(None, help="Split to audit.  [default: test; all images where the data has no splits]"),
-    out: Optional[Path] = typer.Option(None, help="Where audit.json goes.  [default: RUN/audit/<data>-<split>]"),
+    out: Optional[Path] = typer.Option(None, help="Where audit.json goes.  [default: RUN/audit/<data>-<split>-<hash of the data's path>]"),
     bootstrap: int = BOOTSTRAP_OPT,
     skip_bad: bool = SKIP_BAD_OPT,
 ):
@@ -236,17 +252,15 @@ def audit(
 
     from .data.sources import evaluation_samples
     from .evaluation.audit import audit as run_audit
+    from .evaluation.evaluate import evaluation_folder
     from .files import write_text
     from .inference.load import load_predictor
     from .inference.predictor import run_directory
 
-    try:
-        predictor = load_predictor(run)
-        name, samples = evaluation_samples(data, split)
-        result = run_audit(predictor, predictor.decode(samples, skip_bad), bootstrap)
-    except ChestXrayError as e:
-        _fail(e)
-    out = out or run_directory(run) / "audit" / f"{Path(data).stem}-{name}"
+    predictor = load_predictor(run)
+    name, samples = evaluation_samples(data, split)
+    result = run_audit(predictor, predictor.decode(samples, skip_bad), bootstrap)
+    out = out or evaluation_folder(run_directory(run), data, name, None, under="audit")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "audit.json", json.dumps({"data": str(data), "split": name, **result}, indent=2))
     _print_audit(result)
@@ -258,7 +272,9 @@ def adapt(
     run: Path = RUN_ARG,
     data: str = typer.Option(..., help="Labelled images of the new site (ImageFolder root or CSV manifest; every split is used)."),
     out: Path = typer.Option(..., help="Run directory to create for the adapted model."),
-    n: int = typer.Option(100, "--n", help="Labelled images of the site used to recalibrate; the rest evaluate."),
+    n: str = typer.Option("100", "--n", help="Labelled images of the site used to recalibrate; the rest evaluate. "
+                          "'all': recalibrate on every image, and report figures out of fold (each image scored by a model "
+                          "adapted on the other folds)."),
     head: bool = typer.Option(False, "--head", help="Also retrain the classification layer on the site images' frozen features."),
     operating_point: Optional[str] = typer.Option(None, help="How the new threshold is chosen on the n images: best_f1, youden or sensitivity.  [default: the run's own]"),
     target_sensitivity: Optional[float] = typer.Option(None, help="Sensitivity the 'sensitivity' operating point must reach on the n images.  [default: the run's own]"),
@@ -271,18 +287,17 @@ def adapt(
     from .evaluation.metrics import ThresholdRule
     from .training.adapt import adapt_run
 
-    try:
-        if operating_point not in (None, "best_f1", "youden", "sensitivity"):
-            raise ChestXrayError(f"--operating-point must be one of best_f1, youden, sensitivity; got '{operating_point}'")
-        if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
-            raise ChestXrayError(f"--target-sensitivity must be in (0, 1]; got {target_sensitivity}")
-        if target_confidence is not None and not 0 <= target_confidence < 1:
-            raise ChestXrayError(f"--target-confidence must be in [0, 1); got {target_confidence}")
-        rule = ThresholdRule(operating_point, target_sensitivity, target_confidence)
-        r = adapt_run(run, data, out, n, head, seed, bootstrap, skip_bad, rule)
-    except ChestXrayError as e:
-        _fail(e)
-    typer.echo(f"adapted on {r['n_adaptation']} images of {data}; evaluated on the other {r['n_heldout']} "
+    if operating_point not in (None, "best_f1", "youden", "sensitivity"):
+        raise ChestXrayError(f"--operating-point must be one of best_f1, youden, sensitivity; got '{operating_point}'")
+    if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
+        raise ChestXrayError(f"--target-sensitivity must be in (0, 1]; got {target_sensitivity}")
+    if target_confidence is not None and not 0 <= target_confidence < 1:
+        raise ChestXrayError(f"--target-confidence must be in [0, 1); got {target_confidence}")
+    rule = ThresholdRule(operating_point, target_sensitivity, target_confidence)
+    r = adapt_run(run, data, out, n, head, seed, bootstrap, skip_bad, rule)
+    evaluated = ("figures out of fold: each image scored by a model adapted on the other folds" if r["all"]
+                 else f"evaluated on the other {r['n_heldout']}")
+    typer.echo(f"adapted on {r['n_adaptation']} images of {data}; {evaluated} "
                f"(threshold {r['threshold_before']:.3f} -> {r['threshold_after']:.3f}, temperature {r['temperature_after']:.2f})")
     for name in ("before", "after"):
         m = r[name]
@@ -316,25 +331,22 @@ def predict(
     from .inference.load import load_predictor
     from .inference.predictor import checkpoint_path
 
-    try:
-        if format not in ("csv", "json"):
-            raise ChestXrayError(f"--format must be csv or json, got '{format}'")
-        out = out or f"predictions.{format}"
-        if bool(paths) == bool(csv):
-            raise ChestXrayError("give image PATHS or --csv MANIFEST (one of them)")
-        check_predictions_out(out, str(checkpoint_path(run).resolve()), overwrite)
-        if csv:
-            splits = read_manifest(csv).splits
-            samples = [s for k, v in splits.items() for s in v if not unlabelled_only or k == "unlabelled"]
-        else:
-            samples = [Sample(p, None) for p in expand_paths(paths)]
-        if not samples:
-            raise ChestXrayError("nothing to predict")
-        predictor = load_predictor(run)
-        df, errors = predictor.predict(samples, skip_bad)
-        text = write_predictions(df, out, format, str(predictor.checkpoint))
-    except ChestXrayError as e:
-        _fail(e)
+    if format not in ("csv", "json"):
+        raise ChestXrayError(f"--format must be csv or json, got '{format}'")
+    out = out or f"predictions.{format}"
+    if bool(paths) == bool(csv):
+        raise ChestXrayError("give image PATHS or --csv MANIFEST (one of them)")
+    check_predictions_out(out, str(checkpoint_path(run).resolve()), overwrite)
+    if csv:
+        splits = read_manifest(csv).splits
+        samples = [s for k, v in splits.items() for s in v if not unlabelled_only or k == "unlabelled"]
+    else:
+        samples = [Sample(p, None) for p in expand_paths(paths)]
+    if not samples:
+        raise ChestXrayError("nothing to predict")
+    predictor = load_predictor(run)
+    df, errors = predictor.predict(samples, skip_bad)
+    text = write_predictions(df, out, format, str(predictor.checkpoint))
     to_stdout = out == "-"
     if to_stdout:
         typer.echo(text, nl=False)
@@ -344,13 +356,17 @@ def predict(
     width = min(60, max(len(p) for p in shown["path"]))
     ood = "out_of_distribution" in df
     lines = [f"{'P(infected)':>11s}  {'threshold':>9s}  {'predicted':9s}  {'unlike training' if ood else ''}  path"]
-    lines += [f"{r.p_infected:11.3f}  {r.threshold:9.3f}  {r.predicted:9s}  "
+    lines += [f"{r.p_infected:11.3f}  {r.threshold:9.3f}  {r.predicted or '(none)':9s}  "
               f"{('YES' if r.out_of_distribution else 'no').ljust(15) if ood else ''}  {_tail(r.path, width)}" for r in shown.itertuples()]
     if len(df) > SCREENFUL:
         lines.append(f"... and {len(df) - SCREENFUL} more" + ("" if to_stdout else f" (all in {out})"))
-    n_inf = int((df["predicted"] == "infected").sum())
-    lines.append(f"{len(df)} image{'s' if len(df) != 1 else ''}: {n_inf} predicted infected, {len(df) - n_inf} normal (threshold {predictor.threshold:.3f}, "
+    n_inf, n_normal = int((df["predicted"] == "infected").sum()), int((df["predicted"] == "normal").sum())
+    lines.append(f"{len(df)} image{'s' if len(df) != 1 else ''}: {n_inf} predicted infected, {n_normal} normal (threshold {predictor.threshold:.3f}, "
                  f"{predictor.threshold_rule or 'chosen on validation'}). Research tool, not a diagnostic device.")
+    unread = df[df["image_quality"] != "ok"]
+    if len(unread):
+        lines.append(f"{len(unread)} image(s) got no decision (image_quality): " + "; ".join(
+            f"{_tail(r.path, 40)}: {r.image_quality}" for r in unread.head(3).itertuples()) + (" ..." if len(unread) > 3 else ""))
     if ood and df["out_of_distribution"].any():
         lines.append(f"{int(df['out_of_distribution'].sum())} image(s) are unlike the training data: the model's output "
                      "there is not supported by its validation figures.")
@@ -376,12 +392,9 @@ def export(
     from .inference.export import export_onnx
     from .inference.predict import expand_paths
 
-    try:
-        if out.exists() and not overwrite:
-            raise ChestXrayError(f"{out}: exists; give another --out, or --overwrite to replace it")
-        r = export_onnx(run, out, expand_paths(paths) if paths else None, tolerance, skip_bad=skip_bad)
-    except ChestXrayError as e:
-        _fail(e)
+    if out.exists() and not overwrite:
+        raise ChestXrayError(f"{out}: exists; give another --out, or --overwrite to replace it")
+    r = export_onnx(run, out, expand_paths(paths) if paths else None, tolerance, skip_bad=skip_bad)
     for e in r["skipped"]:
         typer.echo(f"skipped: {e}", err=True)
     typer.echo(f"verified on {r['n_images']} images: largest difference in P(infected) between PyTorch and onnxruntime "
@@ -395,11 +408,8 @@ def card(run: Path = RUN_ARG):
     from .inference.model_card import write_model_card
     from .inference.predictor import Predictor, checkpoint_path, run_directory
 
-    try:
-        predictor = Predictor.load(run)
-        path = write_model_card(predictor, run_directory(checkpoint_path(run)))
-    except ChestXrayError as e:
-        _fail(e)
+    predictor = Predictor.load(run)
+    path = write_model_card(predictor, run_directory(checkpoint_path(run)))
     typer.echo(f"written: {path}")
 
 
@@ -418,13 +428,10 @@ def serve(
     """HTTP service: POST /predict, GET /health, /ready, /model, /metrics, and a page at / to try an image."""
     from .inference.serve import serve as run_server
 
-    try:
-        if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-            logging.getLogger(__name__).warning("listening on %s without --api-key: anyone who can reach it can use it", host)
-        run_server(model, host, port, max_upload_mb=max_upload_mb, max_files=max_files, api_key=api_key,
-                   max_batch=max_batch, max_wait_ms=max_wait_ms)
-    except ChestXrayError as e:
-        _fail(e)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        logging.getLogger(__name__).warning("listening on %s without --api-key: anyone who can reach it can use it", host)
+    run_server(model, host, port, max_upload_mb=max_upload_mb, max_files=max_files, api_key=api_key,
+               max_batch=max_batch, max_wait_ms=max_wait_ms)
 
 
 @app.command(cls=_Command)
@@ -439,10 +446,7 @@ def explain(
     from .inference.predict import expand_paths
     from .inference.load import load_predictor
 
-    try:
-        df = explain_paths(load_predictor(run), expand_paths(paths), out, skip_bad)
-    except ChestXrayError as e:
-        _fail(e)
+    df = explain_paths(load_predictor(run), expand_paths(paths), out, skip_bad)
     typer.echo(f"{len(df)} Grad-CAM overlays -> {out} (explanations.csv lists them)")
 
 
@@ -457,10 +461,7 @@ def compare(
     """One table and one ROC plot across runs on the same images, with DeLong tests against the first run."""
     from .evaluation.compare import compare_runs
 
-    try:
-        r = compare_runs(runs, data, split, out, bootstrap)
-    except ChestXrayError as e:
-        _fail(e)
+    r = compare_runs(runs, data, split, out, bootstrap)
     typer.echo(f"{r['data']} split {r['split']}: {r['n']} images, {r['n_infected']} infected")
     typer.echo(f"{'run':32s} {'model':18s} {'loss':6s} {'ROC-AUC [95% CI]':>24s} {'acc':>7s} {'sens':>7s} {'spec':>7s} {'F1':>7s}")
     for row in r["runs"]:
@@ -511,17 +512,14 @@ def demo(
     cfg = Config()
     cfg.update({"data": data, "img_size": img_size, "epochs_head": 6, "epochs_finetune": 3, "lr": 3e-3, "lr_finetune": 1e-3})
     run = out / "run"
-    try:
-        metrics = train_run(cfg, run, progress=not quiet, overwrite=True)  # the demo's run is a scratch folder
-        typer.echo("\n" + metrics["summary"])
-        splits = load_samples(data)
-        name = "unlabelled" if splits.get("unlabelled") else "test"
-        if splits.get(name):
-            df, _ = Predictor.load(run).predict(splits[name])
-            df.to_csv(run / "predictions.csv", index=False)
-            typer.echo(f"\npredicted the {len(df)} {name} images -> {run / 'predictions.csv'}")
-    except ChestXrayError as e:
-        _fail(e)
+    metrics = train_run(cfg, run, progress=not quiet, overwrite=True)  # the demo's run is a scratch folder
+    typer.echo("\n" + metrics["summary"])
+    splits = load_samples(data)
+    name = "unlabelled" if splits.get("unlabelled") else "test"
+    if splits.get(name):
+        df, _ = Predictor.load(run).predict(splits[name])
+        df.to_csv(run / "predictions.csv", index=False)
+        typer.echo(f"\npredicted the {len(df)} {name} images -> {run / 'predictions.csv'}")
     typer.echo(f"run directory: {run}  (report: {run / 'report.html'}; metrics.json, plots/, history.csv, checkpoints/best.ckpt)")
 
 
@@ -542,10 +540,7 @@ def data_check(
 
     from .data.check import check_dataset
 
-    try:
-        r = check_dataset(data, max_distance, normal_class)
-    except ChestXrayError as e:
-        _fail(e)
+    r = check_dataset(data, max_distance, normal_class)
     for split, info in r["splits"].items():
         typer.echo(f"{split:11s} {info['n']:6d} images  " + ", ".join(f"{k}: {v}" for k, v in sorted(info["classes"].items())))
     typer.echo("modes: " + ", ".join(f"{k}: {v}" for k, v in sorted(r["modes"].items())))
@@ -581,10 +576,7 @@ def data_split(
     from .data.check import split_manifest
 
     out = out or manifest.with_name(f"{manifest.stem}-split.csv")
-    try:
-        counts = split_manifest(manifest, out, val, test, seed)
-    except ChestXrayError as e:
-        _fail(e)
+    counts = split_manifest(manifest, out, val, test, seed)
     typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" images -> {out}")
 
 

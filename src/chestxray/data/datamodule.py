@@ -43,6 +43,13 @@ class DecodedSplit:
     images: ImageStore
     errors: list[XrayReadError] = field(default_factory=list)
 
+    def subset(self, indices) -> "DecodedSplit":
+        """The images at `indices`, in that order (the same decoded arrays, nothing read again)."""
+        images = self.images
+        kept = ImageStore([images.refs[i] for i in indices], images.side) if isinstance(images, ImageStore) \
+            else [images[i] for i in indices]
+        return DecodedSplit([self.samples[i] for i in indices], kept, list(self.errors))
+
 
 def decode_split(samples: list[Sample], img_size: int, skip_bad: bool, desc: str, cache_dir=None) -> DecodedSplit:
     images, kept, errors = decode_all([s.path for s in samples], cache_size_for(img_size), skip_bad, desc=desc, cache_dir=cache_dir)

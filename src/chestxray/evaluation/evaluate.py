@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -12,9 +14,11 @@ import torch
 
 from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 from ..data.datamodule import DecodedSplit
+from ..data.quality import OK
 from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, patient_groups
 from ..inference.explain import cam_examples
 from ..files import write_text
+from ..inference.evaluations import record_evaluation
 from ..inference.load import load_predictor
 from ..inference.predictor import Predictor, run_directory
 from . import plots
@@ -28,6 +32,8 @@ from .metrics import (
     per_source,
 )
 from .report import write_report
+
+log = logging.getLogger("chestxray")
 
 
 def write_json(path: Path, obj) -> None:
@@ -112,7 +118,18 @@ def write_run_outputs(
     plot_dir.mkdir(exist_ok=True)
     synthetic = bool(header.get("synthetic"))
     note = "SYNTHETIC DATA" if synthetic else None
+    table = predictor.table(split, logits, features)  # every image, flagged ones with an empty decision
+    quality = table["image_quality"].to_numpy()
+    flagged = np.flatnonzero(quality != OK)
+    if len(flagged):  # no label, so no place in the figures: counted, named, excluded
+        log.warning("%d image(s) without a radiograph's grey levels get no decision and are left out of the metrics "
+                    "(image_quality in predictions-%s.csv)", len(flagged), header.get("split") or "all")
+        keep = np.flatnonzero(quality == OK)
+        split, logits = split.subset(keep), logits[keep]
+        features = features[keep] if features is not None else None
     metrics = {**header, "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if synthetic else []),
+               "image_quality": {"n_flagged": int(len(flagged)), "excluded_from_metrics": True,
+                                 "flagged": [{"path": table["path"].iloc[i], "reason": quality[i]} for i in flagged]},
                **evaluate_logits(predictor, logits, split.samples, n_boot, seed)}
     y = np.array([predictor.scheme.is_infected(s.label) for s in split.samples])
     p = predictor.p_infected(logits)
@@ -132,33 +149,66 @@ def write_run_outputs(
     if summarise is not None:
         metrics["summary"] = summarise(metrics)
     write_json(outdir / "metrics.json", metrics)
-    write_text(outdir / f"predictions-{header.get('split') or 'all'}.csv", predictor.table(split, logits, features).to_csv(index=False))
+    write_text(outdir / f"predictions-{header.get('split') or 'all'}.csv", table.to_csv(index=False))
     write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits) if predictor.model is not None else [])  # Grad-CAM needs PyTorch
     return metrics
 
 
+def evaluation_folder(run_dir: Path, data: str | Path, split: str, name: str | None, under: str = "eval") -> Path:
+    """RUN/eval/NAME, or RUN/eval/<data stem>-<split>-<8 hex of the data's absolute path>: two sites' labels.csv
+    never share a folder (`under`: 'audit' for the shortcut audit's folders)."""
+    if name:
+        if Path(name).name != name or name in (".", ".."):
+            raise DataError(f"--name {name!r}: a plain folder name, without / or ..")
+        return run_dir / under / name
+    digest = hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:8]
+    return run_dir / under / f"{Path(data).stem}-{split}-{digest}"
+
+
+def claim_evaluation_folder(out: Path, data: str | Path, split: str, overwrite: bool) -> None:
+    """An evaluation folder holds one evaluation: the same data and split again replaces it (and says so);
+    another evaluation's folder is replaced only with `overwrite`."""
+    earlier = out / "metrics.json"
+    if not earlier.exists():
+        return
+    try:
+        m = json.loads(earlier.read_text())
+        same = m.get("data_resolved") == str(Path(data).resolve()) and m.get("split") == split
+    except (OSError, ValueError):
+        same = False
+    if not (same or overwrite):
+        raise DataError(f"{out}: holds another evaluation ({earlier}); give --name or another --out, or --overwrite to replace it")
+    log.warning("replacing the earlier evaluation in %s", out)
+
+
 def evaluate_run(
     run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None, skip_bad: bool = False,
-    n_boot: int = 1000, seed: int = 0, with_audit: bool = False,
+    n_boot: int = 1000, seed: int | None = None, with_audit: bool = False, name: str | None = None, overwrite: bool = False,
 ) -> tuple[dict, Path]:
     """Evaluate a trained run on `split` of `data` (the training data or another dataset).
 
     `split` None: the test split, or all of `data` where it has no train/val/test splits (split 'all').
+    `out` None: `evaluation_folder` (RUN/eval/NAME with `name`). `seed` None: the run's own training seed, so that
+    the run's test split gets the intervals training reported. Every evaluation is recorded in RUN/evaluations.json.
     """
     predictor = load_predictor(run)
     split, samples = evaluation_samples(data, split)
     unknown = sorted({s.label for s in samples} - set(predictor.scheme.classes))
     if unknown:
         raise DataError(f"{data}: labels {unknown} in split '{split}' are not among the model's classes {list(predictor.scheme.classes)}")
+    run_dir = run_directory(run)
+    out = Path(out) if out else evaluation_folder(run_dir, data, split, name)
+    claim_evaluation_folder(out, data, split, overwrite)
+    if seed is None:
+        seed = int(((predictor.meta.get("config") or {}).get("train") or {}).get("seed", 0))
     decoded = predictor.decode(samples, skip_bad, desc=f"reading {split}")
     logits, features = predictor.forward(decoded.images)
-    run_dir = run_directory(run)
     # the same files in another form (folder vs its manifest) still count as the training data
     roots = {p if p.is_dir() else p.parent for p in (predictor.training_data, Path(data).resolve())}
-    out = Path(out) if out else run_dir / "eval" / f"{Path(data).stem}-{split}"
     history_path = run_dir / "history.csv"
     header = {
         "data": str(data),
+        "data_resolved": str(Path(data).resolve()),
         "split": split,
         "external": len(roots) != 1,
         "synthetic": is_synthetic(data),
@@ -170,4 +220,6 @@ def evaluate_run(
     history = pd.read_csv(history_path) if history_path.exists() else None
     metrics = write_run_outputs(out, predictor, decoded, logits, header, history, n_boot, seed, features=features,
                                 with_audit=with_audit)
+    record_evaluation(run_dir, {"out": str(out.resolve()), "data": str(data), "data_resolved": header["data_resolved"],
+                                "split": split, "external": header["external"]})
     return metrics, out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import RESEARCH_NOTE, __version__
 from ..files import sha256, write_text
+from .evaluations import read_evaluations
 from .predictor import Predictor, run_directory
 
 POINTS = {"at_val_threshold": "stored threshold (in use)", "at_0.5": "0.5", "at_best_f1": "best F1 on validation",
@@ -44,8 +45,7 @@ def _split_counts(split_csv: Path) -> list[str]:
 
 def _external(run_dir: Path) -> list[str]:
     rows = []
-    for path in sorted((run_dir / "eval").glob("*/metrics.json")):
-        m = json.loads(path.read_text())
+    for _, m in read_evaluations(run_dir):
         if not m.get("external"):
             continue
         b = m["binary"]["at_val_threshold"]
@@ -116,7 +116,10 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
         lines += ["## Metrics", "",
                   f"On the {split} split ({b['at_val_threshold']['n']} images, {b['at_val_threshold']['n_infected']} infected). "
                   f"Brackets: 95% bootstrap intervals ({(m.get('bootstrap') or {}).get('resamples', '?')} resamples, "
-                  f"{(m.get('bootstrap') or {}).get('unit', 'image')}-level). Operating points were chosen on validation, never on {split}.", "",
+                  f"{(m.get('bootstrap') or {}).get('unit', 'image')}-level). "
+                  + (f"Operating points were chosen on validation, never on {split}." if split != "val" else
+                     "**These are the validation images that chose the epoch, the final stage and the threshold (the run has "
+                     "no test split): optimistic figures, not a test.**"), "",
                   "| operating point | threshold | accuracy | sensitivity | specificity | F1 (infected) | ROC-AUC |",
                   "|---|---|---|---|---|---|---|"]
         for key, name in POINTS.items():

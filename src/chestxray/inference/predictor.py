@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data.datamodule import DecodedDataset, DecodedSplit, decode_split, make_loader
 from ..data.labels import TaskScheme
+from ..data.quality import OK, quality_of
 from ..data.sources import Sample
 from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
@@ -112,29 +113,45 @@ class Predictor:
     def decode(self, samples: list[Sample], skip_bad: bool = False, cache_dir=None, desc: str = "reading") -> DecodedSplit:
         return decode_split(samples, self.preprocessing.img_size, skip_bad, desc, cache_dir)
 
-    def outputs(self, logits: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-        """Per image: P(infected) at full precision, the decision, per-class probabilities (`p_<name>`), the
-        argmax class (multiclass), and (given the features) how unlike the training images it is."""
+    def outputs(self, logits: torch.Tensor, features: torch.Tensor | None = None,
+                quality: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per image: P(infected) at full precision, the decision, per-class probabilities (`p_<name>`), the class
+        (multiclass), and (given the features) how unlike the training images it is.
+
+        Multiclass: `predicted` is the stored threshold on P(infected) = 1 - P(normal); `predicted_class` is derived
+        from it, so the two never disagree: normal where `predicted` is normal, else the most probable infected class.
+        Given `quality` (`data.quality.image_quality` per image), an image that is not 'ok' gets no decision: its
+        `predicted` (and `predicted_class`) are empty and its `image_quality` says why."""
         scheme = self.scheme
         p_inf = self.p_infected(logits)
         probs = self.probabilities(logits).numpy()
-        out = {"p_infected": p_inf, "predicted": self.decide(p_inf)}
+        decided = self.decide(p_inf)
+        out = {"p_infected": p_inf, "predicted": decided}
         if scheme.task == "binary":
             out[f"p_{scheme.normal_class}"] = 1 - p_inf
         else:
             for j, name in enumerate(scheme.output_names):
                 out[f"p_{name}"] = probs[:, j]
         if scheme.task == "multiclass":
-            out["predicted_class"] = np.array([scheme.classes[i] for i in probs.argmax(1)])
+            infected = [scheme.classes.index(c) for c in scheme.infected_classes]
+            top_infected = np.array(scheme.infected_classes, dtype=object)[probs[:, infected].argmax(1)] if len(probs) else []
+            out["predicted_class"] = np.where(decided == "infected", top_infected, scheme.normal_class).astype(object)
         if features is not None and self.ood is not None:
             scores = self.ood.score(features.numpy())
             out["ood_score"] = scores
             out["out_of_distribution"] = self.ood.flag(scores)
+        if quality is not None:
+            bad = quality != OK
+            out["predicted"] = np.where(bad, "", decided).astype(object)
+            if "predicted_class" in out:
+                out["predicted_class"] = np.where(bad, "", out["predicted_class"]).astype(object)
+            out["image_quality"] = quality
         return out
 
     def table(self, split: DecodedSplit, logits: torch.Tensor, features: torch.Tensor | None = None) -> pd.DataFrame:
-        """One row per image: its path, `outputs`, the threshold, and the label and source where known."""
-        cols = self.outputs(logits, features)
+        """One row per image: its path, `outputs` (with each image's quality), the threshold, and the label and
+        source where known."""
+        cols = self.outputs(logits, features, quality_of(split.images))
         df = pd.DataFrame({"path": [s.path for s in split.samples], "p_infected": cols.pop("p_infected"),
                            "predicted": cols.pop("predicted"), "threshold": self.threshold, **cols})
         if any(s.label for s in split.samples):
@@ -144,7 +161,8 @@ class Predictor:
         return df
 
     def predict(self, samples: list[Sample], skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
-        """Predictions table for samples, and the read errors of skipped files."""
+        """Predictions table for samples (an image without a radiograph's grey levels gets an empty `predicted` and
+        its reason in `image_quality`), and the read errors of skipped files."""
         split = self.decode(samples, skip_bad)
         return self.table(split, *self.forward(split.images)), split.errors
 

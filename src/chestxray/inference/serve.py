@@ -32,7 +32,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from .. import RESEARCH_NOTE, __version__
 from ..data.cache import decode_resized
-from ..data.io import XrayReadError
+from ..data.quality import OK, image_quality
+from ..data.io import XrayReadError, sniff
 from ..files import sha256
 from .load import load_predictor
 
@@ -45,19 +46,6 @@ MAX_WAIT_MS = 5.0  # under concurrent load only: a lone request never waits
 API_KEY_ENV = "CHESTXRAY_API_KEY"
 STATIC = Path(__file__).parent / "static"
 
-# content sniffing: the first bytes, never the file name
-SIGNATURES = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"),
-              (b"BM", ".bmp"))
-
-
-def sniff(data: bytes) -> str | None:
-    """The suffix of the image format the bytes are in, or None."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return ".dcm"
-    for magic, suffix in SIGNATURES:
-        if data.startswith(magic):
-            return suffix
-    return None
 
 
 class RequestError(Exception):
@@ -151,15 +139,19 @@ class Service:
     def decode(self, name: str, data: bytes, folder: Path, index: int) -> np.ndarray:
         if not data:
             raise RequestError(400, f"{name}: empty file (0 bytes)")
-        suffix = sniff(data)
+        suffix = sniff(data[:132])  # by content, never by the file name
         path = folder / f"upload-{index}{suffix or ''}"  # no known signature: the reader still tries DICOM without preamble
         path.write_bytes(data)
         try:
-            return decode_resized(str(path), self.predictor.preprocessing.stored_side)
+            image = decode_resized(str(path), self.predictor.preprocessing.stored_side)
         except XrayReadError as e:
             if suffix is None:
-                raise RequestError(415, f"{name}: not a PNG, JPEG, TIFF, BMP or DICOM image (judged by its content)") from e
+                raise RequestError(415, f"{name}: not a PNG, JPEG, TIFF, BMP, WebP or DICOM image (judged by its content)") from e
             raise RequestError(422, f"{name}: {e.reason}") from e
+        quality = image_quality(image)
+        if quality != OK:
+            raise RequestError(422, f"{name}: image quality: {quality}; no prediction")
+        return image
 
     def run_batch(self, images: list[np.ndarray]) -> list[dict]:
         p = self.predictor

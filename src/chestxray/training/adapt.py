@@ -42,7 +42,8 @@ class SiteData:
 def split_site(samples: list[Sample], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of (the n adaptation images, the held-back rest): patient-level and stratified."""
     if not 4 <= n < len(samples):
-        raise ChestXrayError(f"--n {n}: need at least 4 adaptation images and some left to evaluate on ({len(samples)} labelled)")
+        raise ChestXrayError(f"--n {n}: need at least 4 adaptation images and some left to evaluate on ({len(samples)} labelled); "
+                             "--n all adapts on every image and reports figures out of fold")
     index = {s.path: i for i, s in enumerate(samples)}
     rest, chosen = carve_validation(samples, n / len(samples), seed)
     return np.array([index[s.path] for s in chosen]), np.array([index[s.path] for s in rest])
@@ -146,18 +147,73 @@ def load_site(predictor: Predictor, data: str | Path, skip_bad: bool = False) ->
     return SiteData(split.samples, split.images, logits, features)
 
 
-def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, head: bool = False, seed: int = 0,
+def cross_fitted(predictor: Predictor, site: SiteData, head: bool, rule: ThresholdRule, seed: int,
+                 folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """With every image used to adapt, figures no adapted model has seen: the site in `folds` patient-level,
+    stratified folds; each fold scored by a model adapted on the others, at that model's own threshold.
+
+    Returns (fold of each image, its out-of-fold score): P(infected) shifted by 0.5 minus its fold's threshold, so
+    that 0.5 gives each image its own fold's decision and the scores rank as the pooled ROC curve needs."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    y = np.array([predictor.scheme.is_infected(s.label) for s in site.samples])
+    folds = max(2, min(folds, int(np.bincount(y, minlength=2).min())))
+    groups = patient_groups(site.samples)
+    splitter = (StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if groups
+                else StratifiedKFold(folds, shuffle=True, random_state=seed))
+    fold_of, score = np.zeros(len(y), int), np.zeros(len(y))
+    for k, (fit_idx, score_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+        model, logits = adapted_predictor(predictor, site, fit_idx, head, rule)
+        fold_of[score_idx] = k
+        score[score_idx] = model.p_infected(logits[score_idx]) - model.threshold + 0.5
+    return fold_of, score
+
+
+def adapt_all(predictor: Predictor, site: SiteData, head: bool, rule: ThresholdRule, n_boot: int, seed: int) -> dict:
+    """Before (the run as it is) and after (out-of-fold, `cross_fitted`) on every image of the site."""
+    y = np.array([predictor.scheme.is_infected(s.label) for s in site.samples])
+    groups = patient_groups(site.samples)
+    _, score = cross_fitted(predictor, site, head, rule, seed)
+    out = {}
+    for name, p, t in (("before", predictor.p_infected(site.logits), predictor.threshold), ("after", score, 0.5)):
+        m = binary_metrics(y, p, t)
+        m["ci95"] = bootstrap_ci(y, p, {"t": t}, groups, n_boot, seed)["t"] if n_boot else {}
+        out[name] = m
+    out["after"]["threshold"] = None  # one threshold per fold; the adapted model's own is threshold_after
+    return out
+
+
+def parse_n(n: int | str) -> int | None:
+    """--n: a count, or 'all' (None)."""
+    if isinstance(n, int) or str(n).isdigit():
+        return int(n)
+    if str(n).lower() == "all":
+        return None
+    raise ChestXrayError(f"--n {n}: give a number of images, or 'all'")
+
+
+def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int | str = 100, head: bool = False, seed: int = 0,
               n_boot: int = 1000, skip_bad: bool = False, rule: ThresholdRule = ThresholdRule()) -> dict:
-    """Recalibrate RUN for the site DATA into the run directory OUT; return the before/after comparison."""
+    """Recalibrate RUN for the site DATA into the run directory OUT; return the before/after comparison.
+
+    `n` 'all': adapt on every labelled image, and report the after figures out of fold (`adapt_all`)."""
     out = Path(out)
+    n = parse_n(n)
     predictor = load_predictor(run)
     predictor.torch_model("adapt")  # RUN2 is a complete run with its own checkpoint
     site = load_site(predictor, data, skip_bad)
-    adapt_idx, held = split_site(site.samples, n, seed)
-    new, new_logits = adapted_predictor(predictor, site, adapt_idx, head, rule)
-    comparison = before_after(predictor, new, site, new_logits, held, n_boot, seed)
+    if n is None:
+        if len(site.samples) < 8:
+            raise ChestXrayError(f"--n all: {len(site.samples)} labelled images; need at least 8 for out-of-fold figures")
+        adapt_idx, held = np.arange(len(site.samples)), np.array([], int)
+        new, new_logits = adapted_predictor(predictor, site, adapt_idx, head, rule)
+        comparison = adapt_all(predictor, site, head, rule, n_boot, seed)
+    else:
+        adapt_idx, held = split_site(site.samples, n, seed)
+        new, new_logits = adapted_predictor(predictor, site, adapt_idx, head, rule)
+        comparison = before_after(predictor, new, site, new_logits, held, n_boot, seed)
     new.meta = {**new.meta, "adapted_from": str(checkpoint_path(run).resolve()), "data_resolved": str(Path(data).resolve()),
-                "adaptation": {"data": str(data), "n": int(len(adapt_idx)), "head": head, "seed": seed}}
+                "adaptation": {"data": str(data), "n": int(len(adapt_idx)), "all": n is None, "head": head, "seed": seed}}
     out.mkdir(parents=True, exist_ok=True)
     new.save(out / "checkpoints" / "best.ckpt")
     run_dir = run_directory(run)
@@ -169,14 +225,20 @@ def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int = 100, 
         for name, idx in (("adaptation", adapt_idx), ("heldout", held)):
             w.writerows([name, site.samples[i].path, site.samples[i].label, site.samples[i].patient_id or "",
                          site.samples[i].source or ""] for i in idx)
-    held_split = predictor.decode([site.samples[i] for i in held], skip_bad)
-    header = {"data": str(data), "split": "heldout", "external": False, "synthetic": is_synthetic(data),
+    header = {"data": str(data), "external": False, "synthetic": is_synthetic(data),
               "model": new.meta.get("model_name"), "stage": new.meta.get("stage"), "val_threshold": new.threshold,
               "adaptation": {**new.meta["adaptation"], "before": comparison["before"], "after": comparison["after"]}}
-    write_run_outputs(out, new, held_split, new_logits[held], header, None, n_boot, seed, features=site.features[held])
+    if n is None:  # no image left that the adapted model has not seen: the figures are the cross-fitted ones
+        write_json(out / "metrics.json", {**header, "split": "out-of-fold", "notes": [
+            "adapted on every labelled image of the site; figures are out of fold: each image scored by a model "
+            "adapted on the other folds, at that model's threshold"], "binary": {"at_val_threshold": comparison["after"]}})
+    else:
+        held_split = predictor.decode([site.samples[i] for i in held], skip_bad)
+        write_run_outputs(out, new, held_split, new_logits[held], {**header, "split": "heldout"}, None, n_boot, seed,
+                          features=site.features[held])
     write_model_card(new, out)
     result = {"run": str(run), "data": str(data), "n_adaptation": int(len(adapt_idx)), "n_heldout": int(len(held)),
-              "head": head, **comparison, "threshold_before": predictor.threshold, "threshold_after": new.threshold,
-              "temperature_after": new.temperature}
+              "all": n is None, "head": head, **comparison, "threshold_before": predictor.threshold,
+              "threshold_after": new.threshold, "temperature_after": new.temperature}
     write_json(out / "adapt.json", result)
     return result
