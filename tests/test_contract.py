@@ -75,3 +75,54 @@ def test_the_predictor_owns_the_contract(two_stage_run, tiny_data):
     pre = old.pop("preprocessing")
     old.update(img_size=pre["img_size"], mean=pre["mean"], std=pre["std"])
     assert Preprocessing.from_dict(old) == predictor.preprocessing
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_logits_follow_from_the_contract_features_exactly(name):
+    """The head stage scores validation and test from the features it trained on; they must be predict's numbers."""
+    from chestxray.data.labels import TaskScheme
+    from chestxray.models.backbones import create_model, normalisation
+
+    model, _ = create_model(name, 1, pretrained=False)
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.05)
+    predictor = Predictor(model, TaskScheme.build("binary", ["normal", "pneumonia"]), Preprocessing(64, *normalisation(model)))
+    images = np.random.default_rng(0).integers(0, 256, (70, 72, 72), dtype=np.uint8)  # two batches, the last one short
+    logits, features = predictor.forward(images)
+    assert torch.equal(predictor.logits_from_features(features), logits)
+
+
+def test_logits_from_features_refused_where_the_head_is_more_than_the_classifier():
+    from chestxray.data.labels import TaskScheme
+    from chestxray.models.backbones import create_model, normalisation
+
+    model, _ = create_model("efficientnet_lite0", 1, pretrained=False)
+    scheme = TaskScheme.build("binary", ["normal", "pneumonia"])
+    tta = Predictor(model, scheme, Preprocessing(64, *normalisation(model), tta="views"))
+    assert not tta.head_on_features()
+    with pytest.raises(ValueError):
+        tta.logits_from_features(torch.zeros(2, 1280))
+
+
+def test_head_only_run_reuses_its_features_with_the_same_numbers(tiny_data, tmp_path):
+    """A head-only run scores val/test and fits the OOD density on the features its head trained on: the stored
+    figures and density equal what the contract's forward pass gives on those images."""
+    from chestxray.data.sources import Sample
+    from chestxray.inference.ood import FeatureDensity
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--out", str(out), "--img-size", "64", "--stages", "head",
+                                   "--epochs-head", "2", "--bootstrap", "0", "--no-audit", "--quiet"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert "audit" not in m
+    predictor = Predictor.load(out)
+    split = pd.read_csv(out / "split.csv")
+    rows = {k: split[split["split"] == k] for k in ("train", "val", "test")}
+    decoded = {k: predictor.decode([Sample(p, lab) for p, lab in zip(v["path"], v["label"])]) for k, v in rows.items()}
+    outputs = {k: predictor.forward(d.images) for k, d in decoded.items()}
+    for k in ("val", "test"):
+        y = (rows[k]["label"] != "normal").astype(int).to_numpy()
+        p = predictor.scheme.p_infected(outputs[k][0]).numpy()
+        assert binary_metrics(y, p, 0.5)["roc_auc"] == m["stages"]["head"][k]["roc_auc"]
+    again = FeatureDensity.fit(outputs["train"][1].numpy(), outputs["val"][1].numpy(), predictor.ood.quantile)
+    assert np.allclose(again.mean, predictor.ood.mean, atol=1e-6) and again.threshold == pytest.approx(predictor.ood.threshold, rel=1e-5)

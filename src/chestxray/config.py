@@ -92,6 +92,7 @@ class TrainConfig:
     target_confidence: float = option(0.0, "With c > 0, the 'sensitivity' operating point reaches --target-sensitivity on new images like the validation ones with probability c (a tolerance bound over the validation positives), not only on validation itself; 0: on validation.", ge=0.0, lt=1.0)
     calibrate: bool = option(False, "Temperature scaling fitted on validation; ECE reported before and after.")
     ood_quantile: float = option(0.95, "Out-of-distribution flag: images scoring above this quantile of the validation images' distances to the training features are flagged.", gt=0.5, lt=1.0)
+    audit: bool = option(True, "Shortcut audit of the final model on the evaluation split at the end of training (three more passes over its images: lungs hidden, lungs only, borders hidden); --no-audit skips it (`chestxray audit RUN` runs it later).")
     bootstrap: int = option(1000, "Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none).", ge=0)
     monitor: str = option("val_auc", "Validation metric for checkpoints and early stopping.", MONITORS)
     patience: int = option(5, "Early-stopping patience in epochs.", ge=1)

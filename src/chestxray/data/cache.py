@@ -104,7 +104,10 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.refs)
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i):
+        """One image, or (given a slice) a store of those images."""
+        if isinstance(i, slice):
+            return ImageStore(self.refs[i], self.side)
         shard, row = self.refs[i]
         return shard[row]
 

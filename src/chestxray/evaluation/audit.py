@@ -11,6 +11,7 @@ selects shortcuts over signal".
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..data.datamodule import DecodedSplit
 from ..data.sources import patient_groups
@@ -52,15 +53,22 @@ def masked(images, hide: np.ndarray) -> np.ndarray:
     return out
 
 
-def audit(predictor: Predictor, split: DecodedSplit, n_boot: int = 1000, seed: int = 0) -> dict:
-    """ROC-AUC (with 95% intervals) of the model under each masking condition, and a plain verdict."""
+def audit(predictor: Predictor, split: DecodedSplit, n_boot: int = 1000, seed: int = 0,
+          original: torch.Tensor | None = None) -> dict:
+    """ROC-AUC (with 95% intervals) of the model under each masking condition, and a plain verdict.
+
+    `original`: the predictor's logits on the images as they are, where the caller has them (one pass fewer)."""
     y = np.array([predictor.scheme.is_infected(s.label) for s in split.samples])
     groups = patient_groups(split.samples)
     side = split.images.side if hasattr(split.images, "side") else np.asarray(split.images[0]).shape[0]
     results = {}
     for name, (description, region) in CONDITIONS.items():
-        images = split.images if region is None else masked(split.images, region(side))
-        p = predictor.p_infected(predictor.logits(images))
+        if region is None and original is not None:
+            logits = original
+        else:
+            images = split.images if region is None else masked(split.images, region(side))
+            logits = predictor.forward(images, desc=f"shortcut audit, {description}")[0]
+        p = predictor.p_infected(logits)
         m = binary_metrics(y, p, predictor.threshold)
         ci = bootstrap_ci(y, p, {"t": predictor.threshold}, groups, n_boot, seed)["t"]["roc_auc"] if n_boot else [None, None]
         results[name] = {"description": description, "roc_auc": m["roc_auc"], "roc_auc_ci95": ci,

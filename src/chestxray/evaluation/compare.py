@@ -26,7 +26,7 @@ def compare_runs(
     y, ps, rows = None, [], []
     for run, lm in zip(runs, loaded):
         dec = lm.decode(samples, desc=f"reading {split}")
-        p = lm.p_infected(lm.logits(dec.images))
+        p = lm.p_infected(lm.forward(dec.images, desc=f"scoring with {run}")[0])
         y_run = np.array([lm.scheme.is_infected(s.label) for s in samples])
         if y is not None and not np.array_equal(y, y_run):
             raise DataError(f"{run}: its Normal class differs from the first run's; the runs cannot be compared")

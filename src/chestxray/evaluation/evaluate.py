@@ -127,6 +127,8 @@ def write_run_outputs(
         keep = np.flatnonzero(quality == OK)
         split, logits = split.subset(keep), logits[keep]
         features = features[keep] if features is not None else None
+    log.info("metrics of %d %s images with 95%% intervals (%d bootstrap resamples)", len(split.samples),
+             header.get("split") or "", n_boot)
     metrics = {**header, "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if synthetic else []),
                "image_quality": {"n_flagged": int(len(flagged)), "excluded_from_metrics": True,
                                  "flagged": [{"path": table["path"].iloc[i], "reason": quality[i]} for i in flagged]},
@@ -136,7 +138,8 @@ def write_run_outputs(
     if features is not None and predictor.ood is not None:
         metrics["out_of_distribution"] = ood_summary(predictor, y, p, features)
     if with_audit:
-        metrics["audit"] = audit(predictor, split, n_boot, seed)
+        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits)
+    log.info("plots, Grad-CAM examples and the report")
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.get('split', '')} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)
     cm = metrics["binary"]["at_val_threshold"]["confusion_matrix"]
@@ -202,7 +205,7 @@ def evaluate_run(
     if seed is None:
         seed = int(((predictor.meta.get("config") or {}).get("train") or {}).get("seed", 0))
     decoded = predictor.decode(samples, skip_bad, desc=f"reading {split}")
-    logits, features = predictor.forward(decoded.images)
+    logits, features = predictor.forward(decoded.images, desc=f"scoring {split}")
     # the same files in another form (folder vs its manifest) still count as the training data
     roots = {p if p.is_dir() else p.parent for p in (predictor.training_data, Path(data).resolve())}
     history_path = run_dir / "history.csv"

@@ -14,6 +14,7 @@ temperature), `probabilities` (per output, temperature applied), `p_infected` (b
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from ..data.labels import TaskScheme
 from ..data.transforms import Preprocessing
 from .ood import FeatureDensity
 from .predictor import BATCH_SIZE, CheckpointError, Predictor
+
+log = logging.getLogger("chestxray")
 
 ONNX_FORMAT = "chestxray-onnx-1"
 CONTRACT_KEY = "chestxray.contract"
@@ -112,10 +115,18 @@ class OnnxPredictor(Predictor):
                    float(c["threshold"]), dict(c.get("thresholds") or {}), c.get("threshold_rule", ""),
                    float(c.get("temperature", 1.0)), meta, path.resolve(), density, session)
 
-    def run_graph(self, images, *names: str) -> np.ndarray | tuple[np.ndarray, ...]:
+    def run_graph(self, images, *names: str, desc: str | None = None) -> np.ndarray | tuple[np.ndarray, ...]:
         """The graph's named outputs for decoded (N, S, S) uint8 images, in batches of the usual size."""
+        from tqdm.auto import tqdm
+
         ds = DecodedDataset(images, None, self.preprocessing.eval_transform())
-        parts = [self.session.run(list(names), {INPUT: x.numpy()}) for x, _, _ in make_loader(ds, BATCH_SIZE, train=False)]
+        if desc:
+            log.info("%s: %d image(s) (onnxruntime)", desc, len(ds))
+        parts = []
+        with tqdm(total=len(ds), desc=desc, unit="img", leave=False, disable=None if desc else True) as bar:
+            for x, _, _ in make_loader(ds, BATCH_SIZE, train=False):
+                parts.append(self.session.run(list(names), {INPUT: x.numpy()}))
+                bar.update(len(x))
         if not parts:
             empty = {"logits": (0, self.scheme.num_outputs), "probabilities": (0, self.scheme.num_outputs), "p_infected": (0,)}
             outs = tuple(np.zeros(empty.get(n, (0, 0)), np.float32) for n in names)
@@ -123,8 +134,8 @@ class OnnxPredictor(Predictor):
             outs = tuple(np.concatenate([p[i] for p in parts]) for i in range(len(names)))
         return outs[0] if len(names) == 1 else outs
 
-    def forward(self, images) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, feats = self.run_graph(images, "logits", "features")
+    def forward(self, images, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, feats = self.run_graph(images, "logits", "features", desc=desc)
         return torch.from_numpy(logits).float(), torch.from_numpy(feats).float()
 
     def save(self, path: Path) -> None:

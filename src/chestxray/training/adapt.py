@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ class SiteData:
     images: object
     logits: torch.Tensor
     features: torch.Tensor
+
+
+log = logging.getLogger("chestxray")
 
 
 def split_site(samples: list[Sample], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +147,7 @@ def load_site(predictor: Predictor, data: str | Path, skip_bad: bool = False) ->
     if unknown:
         raise DataError(f"{data}: labels {unknown} are not among the model's classes {list(predictor.scheme.classes)}")
     split = predictor.decode(samples, skip_bad, desc="reading the site's images")
-    logits, features = predictor.forward(split.images)
+    logits, features = predictor.forward(split.images, desc="scoring the site's images")
     return SiteData(split.samples, split.images, logits, features)
 
 
@@ -163,6 +167,7 @@ def cross_fitted(predictor: Predictor, site: SiteData, head: bool, rule: Thresho
                 else StratifiedKFold(folds, shuffle=True, random_state=seed))
     fold_of, score = np.zeros(len(y), int), np.zeros(len(y))
     for k, (fit_idx, score_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+        log.info("out-of-fold figures: fold %d of %d (adapted on %d images, scoring %d)", k + 1, folds, len(fit_idx), len(score_idx))
         model, logits = adapted_predictor(predictor, site, fit_idx, head, rule)
         fold_of[score_idx] = k
         score[score_idx] = model.p_infected(logits[score_idx]) - model.threshold + 0.5

@@ -29,7 +29,7 @@ from .. import SYNTHETIC_NOTE
 from ..config import STAGES, Config
 from ..data.cache import default_cache_dir, file_key
 from ..data.check import one_class_validation, quick_check
-from ..data.datamodule import DecodedSplit, StageData, decode_split, make_dataset
+from ..data.datamodule import DecodedSplit, decode_split, make_dataset
 from ..data.labels import TaskScheme
 from ..data.sources import DataError, carve_validation, class_counts, discover, is_synthetic, write_split_csv
 from ..evaluation.evaluate import write_run_outputs
@@ -47,6 +47,7 @@ from .runstate import (CheckedCheckpointIO, KillAfter, RandomState, RunDirError,
                        claim_run_dir, mark_progress, read_progress, run_lock)
 from .module import ClassifierModule
 from .progress import progress_callbacks
+from .stage_data import StageData
 
 log = logging.getLogger("chestxray")
 
@@ -148,8 +149,48 @@ def resolve_precision(precision: str) -> str:
     return "bf16-mixed" if cpu_bf16 else "32-true"
 
 
+def uses_contract_features(run: "Run") -> bool:
+    """Whether the head stage trains on the contract's own features (`contract_features`): one plain view per image,
+    no augmentation, and a head whose logits follow from the pooled features."""
+    t = run.cfg.train
+    return t.head_features and t.feature_views == 0 and not t.head_augment and run.predictor.head_on_features()
+
+
+def contract_features(run: "Run") -> dict[str, torch.Tensor]:
+    """Pooled features of train, val and test as `Predictor.forward` computes them (fp32, eval mode), from the frozen
+    backbone, once per run and cached on disk (keyed by the weights, preprocessing and files).
+
+    The head stage trains on them, so the head learns on exactly the numbers it meets in `predict`; the stage's
+    validation and test logits follow from them through the classifier (`Predictor.logits_from_features`), and the
+    out-of-distribution density of a head-stage model is fitted on the training images' ones: the backbone runs
+    once per image in the whole run.
+    """
+    if run.contract:
+        return run.contract
+    cfg, model = run.cfg, run.model
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    fingerprint = state_fingerprint(model)
+    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # extract on this process's GPU
+    device = str(next(model.parameters()).device.type)
+    for name in ("train", "val", "test"):
+        if name not in run.decoded:
+            continue
+        split = run.decoded[name]
+        key = ["contract-features-1", fingerprint, get_spec(cfg.model.model).timm_name,
+               str(run.predictor.preprocessing.to_dict()), device]
+        key += [file_key(s.path, cfg.data.img_size) for s in split.samples]
+        run.contract[name] = cached_features(
+            cache_dir, key, lambda split=split, name=name: run.predictor.forward(split.images, desc=f"backbone features of {name}")[1])
+    model.cpu()
+    return run.contract
+
+
 def head_features(run: "Run") -> dict[str, torch.Tensor]:
-    """Frozen-backbone features of train and validation, computed once and cached on disk."""
+    """What the head stage trains on, (views, N, D) for train and val: the contract features (`contract_features`),
+    or, with --feature-views or --head-augment, augmented views extracted under the run's precision and cached."""
+    if uses_contract_features(run):
+        return {k: v.unsqueeze(0) for k, v in contract_features(run).items() if k in ("train", "val")}
     cfg, model = run.cfg, run.model
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     fingerprint = state_fingerprint(model)
@@ -191,6 +232,7 @@ class Run:
     states: dict[str, dict] = field(default_factory=dict)  # stage -> its best weights
     logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> logits
     features: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> split -> pooled features
+    contract: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> the frozen backbone's contract features
     histories: list[pd.DataFrame] = field(default_factory=list)
     resume: bool = False  # continuing an interrupted run: finished stages are scored, not trained again
 
@@ -391,14 +433,20 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
         best = load_checked(ckpt_cb.best_model_path, f"{stage} checkpoint", TrainingCheckpointError)["state_dict"]
         module.load_state_dict(best)  # the best epoch, not the last
         criterion = module.criterion
-    run.model.cpu().to(memory_format=torch.contiguous_format)  # as a loaded checkpoint is: the same numbers
+    run.model.cpu()  # scored as `predict` scores it (Predictor.forward sets its own memory format)
     if not run.writer:
         return {}
     mark_progress(run.out, done=[stage])
     run.states[stage] = copy.deepcopy(run.model.state_dict())
     hist = read_history(run.out / "logs", stage, sum(len(h) for h in run.histories))
     run.histories.append(hist)
-    outputs = {k: run.predictor.forward(run.decoded[k].images) for k in ("val", "test") if k in run.decoded}
+    splits = [k for k in ("val", "test") if k in run.decoded]
+    if stage == "head" and uses_contract_features(run):  # the features the stage trained on: the classifier alone
+        feats = contract_features(run)
+        log.info("scoring val and test with the best %s epoch (on the backbone features computed once)", stage)
+        outputs = {k: (run.predictor.logits_from_features(feats[k]), feats[k]) for k in splits}
+    else:
+        outputs = {k: run.predictor.forward(run.decoded[k].images, desc=f"scoring {k} with the best {stage} epoch") for k in splits}
     run.logits[stage] = {k: v[0] for k, v in outputs.items()}
     run.features[stage] = {k: v[1] for k, v in outputs.items()}
     val_loss = float(criterion(run.logits[stage]["val"], run.targets("val")))
@@ -458,7 +506,11 @@ def choose_final_model(run: Run, results: dict) -> None:
     chosen, points = rule.choose(run.infected("val"), predictor.p_infected(val_logits))
     predictor.threshold, predictor.thresholds = points[chosen], points
     predictor.threshold_rule = f"{chosen}, chosen on validation"
-    train_features = predictor.forward(run.decoded["train"].images)[1]
+    if final == "head" and uses_contract_features(run):
+        train_features = contract_features(run)["train"]  # the frozen backbone's, computed once for the head stage
+    else:
+        train_features = predictor.forward(run.decoded["train"].images, desc="features of the training images")[1]
+    log.info("fitting the out-of-distribution density on %d training images' features", len(train_features))
     predictor.ood = FeatureDensity.fit(train_features.numpy(), run.features[final]["val"].numpy(), cfg.train.ood_quantile)
     predictor.meta = {
         "model_name": cfg.model.model,
@@ -494,7 +546,7 @@ def finalise_run(run: Run, results: dict) -> dict:
     metrics = write_run_outputs(
         run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
         run.cfg.train.bootstrap, run.cfg.train.seed, lambda m: summarise(results, m, final, split, run.synthetic),
-        run.features[final][split], with_audit=True,
+        run.features[final][split], with_audit=run.cfg.train.audit,
     )
     write_model_card(predictor, run.out)
     return metrics
