@@ -6,6 +6,8 @@ import tempfile  # noqa: E402
 
 os.environ["CHESTXRAY_CACHE"] = tempfile.mkdtemp(prefix="chestxray-cache-")
 os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "torch-home"))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each (and their CLIs)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 from pathlib import Path  # noqa: E402
 

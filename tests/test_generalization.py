@@ -292,7 +292,7 @@ def test_test_time_views_are_part_of_the_model_contract(tiny_data, tmp_path):
 
     out = tmp_path / "tta"
     res = invoke("train", "--data", tiny_data, "--out", out, "--img-size", "64", "--batch-size", "16", "--stages", "head",
-                 "--epochs-head", "2", "--bootstrap", "0", "--tta", "views", "--quiet")
+                 "--epochs-head", "2", "--bootstrap", "0", "--tta", "views", "--no-audit", "--quiet")
     assert res.exit_code == 0, res.output
     predictor = Predictor.load(out)
     assert predictor.preprocessing.tta == "views"

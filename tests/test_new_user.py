@@ -106,14 +106,14 @@ def test_2_same_result_with_a_cold_or_a_warm_feature_cache(tiny_data, tmp_path):
     for name in ("cold", "warm"):
         res = invoke("train", "--out", tmp_path / name, *args)
         assert res.exit_code == 0, res.output
-        extracted.append(res.output.count("extracting backbone features"))
+        extracted.append(res.output.count("backbone features of"))
         results.append((json.loads((tmp_path / name / "metrics.json").read_text()),
                         pd.read_csv(tmp_path / name / "history.csv")))
     (m1, h1), (m2, h2) = results
     assert h1["train_loss"].tolist() == h2["train_loss"].tolist()
     assert h1["val_loss"].tolist() == h2["val_loss"].tolist()
     assert m1["val_threshold"] == m2["val_threshold"]
-    assert extracted == [2, 0]  # train and val computed once; the second run read them from the cache
+    assert extracted == [3, 0]  # train, val and test computed once; the second run read them from the cache
 
 
 # --- 3. split folders spelt otherwise; carving said on the terminal -----------------------------------
@@ -408,7 +408,12 @@ def test_11_progress_lines_in_a_log(tiny_data, tmp_path):
     res = invoke("train", "--data", tiny_data, "--out", tmp_path / "r", *[a for a in HEAD if a != "--quiet"],
                  "--cache-dir", tmp_path / "cache")
     assert res.exit_code == 0, res.output
-    assert "extracting backbone features of" in res.output
+    assert "backbone features of train:" in res.output
+    # after the last epoch every phase says what it does (issue 20, item 14), in order
+    phases = ["scoring val and test", "fitting the out-of-distribution density", "metrics of", "shortcut audit, lung fields hidden",
+              "plots, Grad-CAM examples and the report", "run directory:"]
+    at = [res.output.find(p) for p in phases]
+    assert -1 not in at and at == sorted(at), dict(zip(phases, at))
     for k in (1, 2):
         line = next(ln for ln in res.output.splitlines() if ln.startswith(f"head epoch {k}/2:"))
         assert "train_loss" in line and "val_auc" in line and "img/s" in line and "ETA" in line
