@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 demo: setup
 	$(VENV)/bin/chestxray demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA),)

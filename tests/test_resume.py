@@ -308,9 +308,9 @@ def test_a_run_directory_has_one_writer(tiny_data, tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    res = cli(*args)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert f"taking over the lock left by process {holder.pid}" in res.stderr
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert f"taking over the lock left by process {holder.pid}" in res.output
     assert (out / "metrics.json").exists() and not (out / ".lock").exists()
 
 

@@ -46,8 +46,9 @@ def contract_outputs(model: nn.Module, views: list[torch.Tensor]) -> tuple[torch
     spatial = model.forward_features(views[0])
     features = model.forward_head(spatial, pre_logits=True).flatten(1).float()
     logits = model.forward_head(spatial).float()
-    if len(views) > 1:
-        logits = torch.stack([logits] + [model(v).float() for v in views[1:]]).mean(0)
+    if len(views) > 1:  # the other views in one batch: one copy of the network in an exported graph, not one per view
+        others = model(torch.cat(views[1:])).float().reshape(len(views) - 1, *logits.shape)
+        logits = torch.cat([logits[None], others]).mean(0)
     return logits, features
 
 
