@@ -116,6 +116,15 @@ def main(argv=None) -> int:
         clock("bare fp32 forward, batch-norm folded, channels_last", n, lambda: [folded(x) for x in inputs])
     (logits, feats), _ = clock("Predictor.forward (transform + contract forward)", n, lambda: predictor.forward(split.images))
     clock("OOD score", n, lambda: predictor.ood_scores(feats))
+    # onnxruntime's forward on the same decoded images
+    from chestxray.inference.export import export_onnx
+    from chestxray.inference.onnx_model import OnnxPredictor
+
+    onnx_file = tmp / "forward.onnx"
+    export_onnx(args.run, onnx_file, paths[:32])
+    onnx_predictor = OnnxPredictor.load(onnx_file)
+    onnx_predictor.forward(split.images[:64])
+    clock("onnxruntime forward (OnnxPredictor.forward)", n, lambda: onnx_predictor.forward(split.images))
     clock("table (outputs, quality, OOD flag)", n, lambda: predictor.table(split, logits, feats))
     with tempfile.TemporaryDirectory() as out:
         shell("chestxray predict RUN one.png (cold process)", 1, [*CLI, "predict", args.run, paths[0], "--out", f"{out}/one.csv"])
@@ -126,6 +135,11 @@ def main(argv=None) -> int:
         shell("chestxray export RUN (verified on 32 images)", 0, [*CLI, "export", args.run, "--out", f"{out}/m.onnx", *paths[:32]])
         shell(f"chestxray predict m.onnx --csv ({n} images, warm cache)", n, [*CLI, "predict", f"{out}/m.onnx", "--csv",
                                                                                str(listing), "--out", f"{out}/onnx.csv"])
+        import shutil
+
+        shutil.copy(f"{out}/m.onnx", Path(args.run) / "checkpoints" / "best.onnx")  # the export --engine onnx makes once
+        shell(f"chestxray predict RUN --engine onnx --csv ({n} images)", n, [*CLI, "predict", args.run, "--engine", "onnx",
+                                                                        "--csv", str(listing), "--out", f"{out}/engine.csv"])
         a, b = (np.loadtxt(f"{out}/{f}.csv", delimiter=",", skiprows=1, usecols=1) for f in ("all", "onnx"))
         print(f"largest difference in P(infected), PyTorch vs ONNX: {np.abs(a - b).max():.2e}")
     return 0

@@ -14,6 +14,7 @@ from chestxray.files import sha256
 from chestxray.data.sources import load_samples
 from chestxray.inference import export as export_mod
 from chestxray.inference.onnx_model import CONTRACT_KEY, OnnxPredictor, read_contract
+from chestxray.inference.engines import load_on
 from chestxray.inference.load import load_predictor
 from chestxray.inference.predictor import CheckpointError, Predictor
 
@@ -165,3 +166,38 @@ def test_evaluate_an_onnx_file(exported, tiny_run, tiny_data, tmp_path):
         figures[name] = json.loads((tmp_path / name / "metrics.json").read_text())["binary"]["at_val_threshold"]
     assert figures["onnx"]["roc_auc"] == pytest.approx(figures["torch"]["roc_auc"], abs=1e-3)
     assert figures["onnx"]["confusion_matrix"] == figures["torch"]["confusion_matrix"]
+
+
+def test_a_run_directory_on_onnxruntime(tiny_run, exported, tiny_data, tmp_path):
+    """--engine onnx: a run directory predicts and evaluates on onnxruntime through checkpoints/best.onnx, reused while
+    the checkpoint it was exported from stays, exported again (and verified) when the checkpoint changes."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # tests must not write into the shared run
+    beside = run / "checkpoints" / "best.onnx"
+    shutil.copy(exported, beside)  # the export of this very checkpoint, as a first --engine onnx would have made it
+    made = beside.stat().st_mtime_ns
+    paths = [s.path for s in load_samples(tiny_data)["test"]]
+    tables = {}
+    for engine in ("torch", "onnx"):
+        res = CliRunner().invoke(app, ["predict", str(run), *paths, "--engine", engine, "--out", str(tmp_path / f"{engine}.csv")])
+        assert res.exit_code == 0, res.output
+        tables[engine] = pd.read_csv(tmp_path / f"{engine}.csv")
+    a, b = tables["torch"], tables["onnx"]
+    assert list(a["path"]) == list(b["path"]) and np.abs(a["p_infected"] - b["p_infected"]).max() <= 1e-4
+    assert not np.array_equal(a["p_infected"], b["p_infected"])  # onnxruntime did run: not bit-identical to PyTorch
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(tiny_data), "--engine", "onnx", "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "EXTERNAL" not in res.output and beside.stat().st_mtime_ns == made  # reused, and the run's own data
+    predictor = Predictor.load(run)
+    predictor.threshold = 0.25  # a changed checkpoint: its export no longer matches
+    predictor.save(run / "checkpoints" / "best.ckpt")
+    assert isinstance(load_on(run, "onnx"), OnnxPredictor)
+    contract = read_contract(beside)
+    assert contract["threshold"] == 0.25 and contract["source_checkpoint"]["sha256"] == sha256(run / "checkpoints" / "best.ckpt")
+    from chestxray.inference.serve import Service
+
+    assert isinstance(Service(run, engine="onnx").predictor, OnnxPredictor)  # `serve --engine onnx`
+    res = CliRunner().invoke(app, ["predict", str(run), *paths, "--engine", "tensorflow", "--out", str(tmp_path / "x.csv")])
+    assert res.exit_code == 2 and "--engine must be one of torch, onnx" in res.output

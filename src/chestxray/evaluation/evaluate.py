@@ -19,7 +19,7 @@ from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, 
 from ..inference.explain import cam_examples
 from ..files import write_text
 from ..inference.evaluations import record_evaluation
-from ..inference.load import load_predictor
+from ..inference.engines import load_on
 from ..inference.predictor import Predictor, run_directory
 from . import plots
 from .audit import audit
@@ -187,14 +187,16 @@ def claim_evaluation_folder(out: Path, data: str | Path, split: str, overwrite: 
 def evaluate_run(
     run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None, skip_bad: bool = False,
     n_boot: int = 1000, seed: int | None = None, with_audit: bool = False, name: str | None = None, overwrite: bool = False,
+    engine: str = "torch",
 ) -> tuple[dict, Path]:
     """Evaluate a trained run on `split` of `data` (the training data or another dataset).
 
     `split` None: the test split, or all of `data` where it has no train/val/test splits (split 'all').
     `out` None: `evaluation_folder` (RUN/eval/NAME with `name`). `seed` None: the run's own training seed, so that
     the run's test split gets the intervals training reported. Every evaluation is recorded in RUN/evaluations.json.
+    `engine` 'onnx': the run's model on onnxruntime (`inference.engines.load_on`).
     """
-    predictor = load_predictor(run)
+    predictor = load_on(run, engine)
     split, samples = evaluation_samples(data, split)
     unknown = sorted({s.label for s in samples} - set(predictor.scheme.classes))
     if unknown:

@@ -9,7 +9,8 @@ from .predictor import Predictor, checkpoint_path
 
 
 def load_predictor(model: str | Path) -> Predictor:
-    """The Predictor of `model`; an exported file runs on onnxruntime, everything else on PyTorch."""
+    """The Predictor of `model`; an exported file runs on onnxruntime, everything else on PyTorch
+    (`engines.load_on` runs a run directory on onnxruntime too)."""
     path = checkpoint_path(model)
     if path.suffix.lower() == ".onnx":
         return OnnxPredictor.load(path)

@@ -35,7 +35,7 @@ from ..data.cache import decode_resized
 from ..data.quality import OK, image_quality
 from ..data.io import XrayReadError, sniff
 from ..files import sha256
-from .load import load_predictor
+from .engines import load_on
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,10 @@ class MicroBatcher:
 class Service:
     """The loaded model and what every route needs from it."""
 
-    def __init__(self, model: str | Path, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS):
+    def __init__(self, model: str | Path, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, engine: str = "torch"):
         from .model_card import model_card
 
-        self.predictor = load_predictor(model)
+        self.predictor = load_on(model, engine)
         self.lock = threading.Lock()  # one model call at a time (Grad-CAM hooks the same network)
         meta = self.predictor.meta
         source = (meta.get("source_checkpoint") or {}).get("sha256")
@@ -255,11 +255,13 @@ class BodyLimit:
 
 
 def create_app(model: str | Path, max_upload_mb: float = MAX_UPLOAD_MB, max_files: int = MAX_FILES,
-               api_key: str | None = None, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS):
-    """The FastAPI application serving `model` (a run directory, best.ckpt or exported .onnx)."""
+               api_key: str | None = None, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
+               engine: str = "torch"):
+    """The FastAPI application serving `model` (a run directory, best.ckpt or exported .onnx; `engine` as in
+    `engines.load_on`)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-    service = Service(model, max_batch, max_wait_ms)
+    service = Service(model, max_batch, max_wait_ms, engine)
     registry = CollectorRegistry()
     requests = Counter("chestxray_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
     latency = Histogram("chestxray_request_seconds", "Request latency (seconds) by route", ["route"], registry=registry,

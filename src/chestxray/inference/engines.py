@@ -1,0 +1,48 @@
+"""Which runtime runs a model: PyTorch, or onnxruntime through a run's own verified export."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import ChestXrayError
+from ..files import sha256
+from .export import export_onnx
+from .load import load_predictor
+from .onnx_model import OnnxPredictor, read_contract
+from .predictor import CheckpointError, Predictor, checkpoint_path
+
+log = logging.getLogger("chestxray")
+
+ENGINES = ("torch", "onnx")
+
+
+def load_on(model: str | Path, engine: str = "torch") -> Predictor:
+    """The Predictor of `model`. An exported file runs on onnxruntime; a run directory or checkpoint on PyTorch, or with
+    `engine` 'onnx' on onnxruntime through its verified export kept beside the checkpoint (`onnx_beside`)."""
+    if engine not in ENGINES:
+        raise ChestXrayError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
+    path = checkpoint_path(model)
+    if engine == "onnx" and path.suffix.lower() != ".onnx":
+        return OnnxPredictor.load(onnx_beside(path))
+    return load_predictor(path)
+
+
+def onnx_beside(ckpt: Path) -> Path:
+    """checkpoints/best.onnx: the checkpoint's ONNX export, made on first use by `chestxray export`'s own code (so
+    verified against PyTorch on the run's validation images, within its tolerance in P(infected)), and made again
+    when the checkpoint it came from has changed."""
+    out = ckpt.with_suffix(".onnx")
+    if out.exists():
+        try:
+            made_from = (read_contract(out).get("source_checkpoint") or {}).get("sha256")
+        except (CheckpointError, OSError, ValueError):
+            made_from = None
+        if made_from == sha256(ckpt):
+            return out
+        log.warning("%s: not the export of %s as it is now; exporting again", out, ckpt)
+    log.info("exporting %s for onnxruntime (once; verified against PyTorch on the run's validation images)", ckpt)
+    r = export_onnx(ckpt, out)
+    log.info("verified on %d images: largest difference in P(infected) %.1e; written %s", r["n_images"],
+             r["max_abs_diff_p_infected"], out)
+    return out
