@@ -15,12 +15,9 @@ from chestxray.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
-def two_stage_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("contract") / "run"
-    res = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--out", str(out), "--img-size", "64", "--batch-size", "16",
-                                   "--epochs-head", "2", "--epochs-finetune", "1", "--calibrate", "--bootstrap", "0", "--quiet"])
-    assert res.exit_code == 0, res.output
-    return out
+def two_stage_run(tiny_run):
+    """conftest's shared two-stage run (head, then fine-tuning, calibrated): read here, never written."""
+    return tiny_run
 
 
 @pytest.mark.parametrize("stage", ["final", "head"])
