@@ -44,3 +44,17 @@ def test_multilabel_samples_f1_and_jaccard():
     # rows: f1 = 2*1/(2+1)=2/3, 1, 1 (normal predicted normal); jaccard = 1/2, 1, 1
     assert m["samples_f1"] == pytest.approx((2 / 3 + 1 + 1) / 3)
     assert m["jaccard_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_auc_only_bootstrap_gives_the_full_bootstraps_interval(grouped):
+    """The shortcut audit's intervals come from the AUC-only bootstrap: the same resamples, the same interval."""
+    from chestxray.evaluation.metrics import bootstrap_auc_ci, bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 80)
+    p = np.clip(0.3 * y + rng.normal(0.35, 0.2, 80), 0, 1)
+    groups = [f"patient{i // 2}" for i in range(80)] if grouped else None
+    full = bootstrap_ci(y, p, {"t": 0.5}, groups, 300, seed=11)["t"]["roc_auc"]
+    assert bootstrap_auc_ci(y, p, groups, 300, seed=11) == full
+    assert bootstrap_auc_ci(y, p, groups, 300, seed=12) != full  # the seed matters: the comparison could fail

@@ -16,7 +16,7 @@ import torch
 from ..data.datamodule import DecodedSplit
 from ..data.sources import patient_groups
 from ..inference.predictor import Predictor
-from .metrics import bootstrap_ci, binary_metrics
+from .metrics import binary_metrics, bootstrap_auc_ci
 
 HIDDEN_LUNGS_SUSPICIOUS = 0.70  # ROC-AUC with the lungs hidden at or above this: signals outside the lungs
 BORDER = 0.12  # fraction of the side masked at each edge in the 'borders hidden' condition
@@ -70,7 +70,7 @@ def audit(predictor: Predictor, split: DecodedSplit, n_boot: int = 1000, seed: i
             logits = predictor.forward(images, desc=f"shortcut audit, {description}")[0]
         p = predictor.p_infected(logits)
         m = binary_metrics(y, p, predictor.threshold)
-        ci = bootstrap_ci(y, p, {"t": predictor.threshold}, groups, n_boot, seed)["t"]["roc_auc"] if n_boot else [None, None]
+        ci = bootstrap_auc_ci(y, p, groups, n_boot, seed) if n_boot else [None, None]
         results[name] = {"description": description, "roc_auc": m["roc_auc"], "roc_auc_ci95": ci,
                          "sensitivity": m["sensitivity"], "specificity": m["specificity"]}
     hidden, original = results["lungs_hidden"]["roc_auc"], results["original"]["roc_auc"]
