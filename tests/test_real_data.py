@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 def test_head_stage_on_real_data_beats_the_floor(tmp_path):
     out = tmp_path / "real"
     res = CliRunner().invoke(app, ["train", "--data", str(SHARED_DATA / "labels.csv"), "--out", str(out),
-                                   "--stages", "head", "--img-size", "160", "--epochs-head", "3", "--no-audit", "--quiet"])
+                                   "--stages", "head", "--img-size", "128", "--epochs-head", "3", "--no-audit", "--quiet"])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["synthetic"] is False and m["split"] == "test"
