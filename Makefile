@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test demo quality clean
+.PHONY: setup test docs demo quality clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist worksteal
+
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
 
 demo: setup
 	$(VENV)/bin/chestxray demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA),)
