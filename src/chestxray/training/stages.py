@@ -156,6 +156,26 @@ def uses_contract_features(run: "Run") -> bool:
     return t.head_features and t.feature_views == 0 and not t.head_augment and run.predictor.head_on_features()
 
 
+def split_features(run: "Run", names: tuple[str, ...], compute, lead: list[str], tail) -> dict[str, torch.Tensor]:
+    """Features of each named split the run has, `compute(split, name)`, cached on disk under a key of `lead`, the
+    frozen weights, the model, the preprocessing, `tail(name)` and the split's files; computed on this process's GPU
+    where there is one."""
+    cfg, model = run.cfg, run.model
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    common = [state_fingerprint(model), get_spec(cfg.model.model).timm_name, str(run.predictor.preprocessing.to_dict())]
+    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # extract on this process's GPU
+    feats = {}
+    for name in names:
+        if name not in run.decoded:
+            continue
+        split = run.decoded[name]
+        key = [*lead, *common, *tail(name)] + [file_key(s.path, cfg.data.img_size) for s in split.samples]
+        feats[name] = cached_features(cache_dir, key, lambda split=split, name=name: compute(split, name))
+    model.cpu()
+    return feats
+
+
 def contract_features(run: "Run") -> dict[str, torch.Tensor]:
     """Pooled features of train, val and test as `Predictor.forward` computes them (fp32, eval mode), from the frozen
     backbone, once per run and cached on disk (keyed by the weights, preprocessing and files).
@@ -165,24 +185,12 @@ def contract_features(run: "Run") -> dict[str, torch.Tensor]:
     out-of-distribution density of a head-stage model is fitted on the training images' ones: the backbone runs
     once per image in the whole run.
     """
-    if run.contract:
-        return run.contract
-    cfg, model = run.cfg, run.model
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
-    fingerprint = state_fingerprint(model)
-    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
-        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # extract on this process's GPU
-    device = str(next(model.parameters()).device.type)
-    for name in ("train", "val", "test"):
-        if name not in run.decoded:
-            continue
-        split = run.decoded[name]
-        key = ["contract-features-1", fingerprint, get_spec(cfg.model.model).timm_name,
-               str(run.predictor.preprocessing.to_dict()), device]
-        key += [file_key(s.path, cfg.data.img_size) for s in split.samples]
-        run.contract[name] = cached_features(
-            cache_dir, key, lambda split=split, name=name: run.predictor.forward(split.images, desc=f"backbone features of {name}")[1])
-    model.cpu()
+    if not run.contract:
+        device = "cuda" if torch.cuda.is_available() and run.cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
+        run.contract = split_features(
+            run, ("train", "val", "test"),
+            lambda split, name: run.predictor.forward(split.images, desc=f"backbone features of {name}")[1],
+            lead=["contract-features-1"], tail=lambda name: [device])
     return run.contract
 
 
@@ -191,27 +199,16 @@ def head_features(run: "Run") -> dict[str, torch.Tensor]:
     or, with --feature-views or --head-augment, augmented views extracted under the run's precision and cached."""
     if uses_contract_features(run):
         return {k: v.unsqueeze(0) for k, v in contract_features(run).items() if k in ("train", "val")}
-    cfg, model = run.cfg, run.model
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
-    fingerprint = state_fingerprint(model)
-    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
-        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # extract on this process's GPU
-    feats = {}
-    for name in ("train", "val"):
-        split = run.decoded[name]
-        views = cfg.train.feature_views if name == "train" else 0
-        key = [fingerprint, get_spec(cfg.model.model).timm_name, str(run.predictor.preprocessing.to_dict()), str(views),
-               str(cfg.train.seed), run.precision, str(cfg.train.channels_last), cfg.train.augment]
-        key += [file_key(s.path, cfg.data.img_size) for s in split.samples]
-        feats[name] = cached_features(
-            cache_dir, key,
-            lambda split=split, views=views: extract_features(
-                model, split.images, run.predictor.preprocessing, views, cfg.train.seed,
-                precision=run.precision, channels_last=cfg.train.channels_last, augment=cfg.train.augment,
-            ),
-        )
-    model.cpu()
-    return feats
+    t = run.cfg.train
+
+    def views(name: str) -> int:
+        return t.feature_views if name == "train" else 0
+
+    return split_features(
+        run, ("train", "val"),
+        lambda split, name: extract_features(run.model, split.images, run.predictor.preprocessing, views(name), t.seed,
+                                             precision=run.precision, channels_last=t.channels_last, augment=t.augment),
+        lead=[], tail=lambda name: [str(views(name)), str(t.seed), run.precision, str(t.channels_last), t.augment])
 
 
 @dataclass
