@@ -36,9 +36,9 @@ def main(argv=None) -> int:
                     help="c > 0: the threshold reaches the target on new site images with probability c (tolerance bound)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
-    from chestxray.inference.predictor import Predictor
-    from chestxray.evaluation.metrics import ThresholdRule
-    from chestxray.training.adapt import adapted_predictor, before_after, load_site, split_site
+    from chestxray.models.predictor import Predictor
+    from chestxray.models.calibration import ThresholdRule
+    from chestxray.jobs.adapt import adapted_predictor, before_after, load_site, split_site
 
     t0 = time.time()
     predictor = Predictor.load(args.run)

@@ -47,7 +47,8 @@ def predictions(path: Path, source: str | None) -> pd.DataFrame | None:
 
 
 def auc_ci(y: np.ndarray, p: np.ndarray, groups: list[str], n_boot: int, seed: int = 42) -> tuple[float, list]:
-    from chestxray.evaluation.metrics import binary_metrics, bootstrap_ci
+    from chestxray.evaluation.metrics import binary_metrics
+    from chestxray.evaluation.intervals import bootstrap_ci
 
     auc = binary_metrics(y, p)["roc_auc"]
     ci = bootstrap_ci(y, p, {"auc": 0.5}, groups, n_boot, seed)["auc"]["roc_auc"]

@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     from chestxray.data.datamodule import decode_split
     from chestxray.data.sources import discover, evaluation_samples, patient_groups
     from chestxray.data.transforms import Preprocessing
-    from chestxray.evaluation.metrics import bootstrap_ci, binary_metrics
+    from chestxray.evaluation.intervals import bootstrap_ci
+    from chestxray.evaluation.metrics import binary_metrics
     from chestxray.models.backbones import create_model, normalisation
 
     t0 = time.time()

@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     if not CXR.exists() or not KERMANY.exists():
         print(f"this benchmark needs {CXR} and {KERMANY}", file=sys.stderr)
         return 2
-    from chestxray.evaluation.evaluate import evaluate_run
+    from chestxray.jobs.evaluate import evaluate_run
 
     out = Path(args.out)
     rows, times = [], {}

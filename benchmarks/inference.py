@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from chestxray.data.sources import evaluation_samples
-    from chestxray.inference.export import ContractGraph, export_onnx
-    from chestxray.inference.predictor import Predictor
+    from chestxray.apps.export import ContractGraph, export_onnx
+    from chestxray.models.predictor import Predictor
 
     predictor = Predictor.load(args.run)
     tmp = tempfile.mkdtemp(prefix="chestxray-bench-")

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from sklearn.metrics import roc_auc_score
 
     from chestxray.data.sources import Sample, load_samples
-    from chestxray.inference.predictor import Predictor
+    from chestxray.models.predictor import Predictor
 
     predictor = Predictor.load(args.run)
     split = pd.read_csv(Path(args.run) / "split.csv", keep_default_na=False)

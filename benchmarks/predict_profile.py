@@ -50,8 +50,8 @@ def fresh_run(images, img_size: int, out: Path) -> Path:
 
     from chestxray.data.labels import TaskScheme
     from chestxray.data.transforms import Preprocessing
-    from chestxray.inference.ood import FeatureDensity
-    from chestxray.inference.predictor import Predictor
+    from chestxray.models.ood import FeatureDensity
+    from chestxray.models.predictor import Predictor
     from chestxray.models.backbones import create_model, normalisation
 
     model, origin = create_model("efficientnet_lite0", 1, None, True, 0.2)
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     shell("start-up: chestxray --help", 0, [*CLI, "--help"])
 
     from chestxray.data.datamodule import DecodedDataset, make_loader
-    from chestxray.inference.predictor import BATCH_SIZE, Predictor
+    from chestxray.models.predictor import BATCH_SIZE, Predictor
 
     if args.run is None:
         from chestxray.data.datamodule import decode_split
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
     (logits, feats), _ = clock("Predictor.forward (transform + contract forward)", n, lambda: predictor.forward(split.images))
     clock("OOD score", n, lambda: predictor.ood_scores(feats))
     # onnxruntime's forward on the same decoded images
-    from chestxray.inference.export import export_onnx
-    from chestxray.inference.onnx_model import OnnxPredictor
+    from chestxray.apps.export import export_onnx
+    from chestxray.models.onnx_model import OnnxPredictor
 
     onnx_file = tmp / "forward.onnx"
     export_onnx(args.run, onnx_file, paths[:32])

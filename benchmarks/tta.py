@@ -33,7 +33,7 @@ SETS = {"views (all six)": [0, 1, 2, 3, 4, 5], "intensity only (image, gamma 0.8
 def view_logits(predictor, images) -> torch.Tensor:
     """(views, N, outputs) raw logits, one slice per view of TTA_VIEWS['views']."""
     from chestxray.data.datamodule import DecodedDataset, make_loader
-    from chestxray.inference.predictor import BATCH_SIZE
+    from chestxray.models.predictor import BATCH_SIZE
 
     prep = dataclasses.replace(predictor.preprocessing, tta="views")
     model = predictor.model.eval()
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from chestxray.data.sources import evaluation_samples, patient_groups
     from chestxray.data.transforms import TTA_VIEWS
-    from chestxray.inference.load import load_predictor
+    from chestxray.models.load import load_predictor
 
     predictor = load_predictor(args.run)
     names = [f"zoom {z:g}, gamma {g:g}" for z, g in TTA_VIEWS["views"]]

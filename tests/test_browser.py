@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from chestxray.data.synthetic import make_dataset
-from chestxray.inference.serve import create_app
+from chestxray.apps.serve import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")

@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from chestxray.cli import app
-from chestxray.evaluation.metrics import delong_test
+from chestxray.evaluation.intervals import delong_test
 
 
 def test_delong_properties():
@@ -47,7 +47,7 @@ def test_compare_cli(tiny_data, tmp_path):
     # DeLong's AUCs (midranks) are the table's AUCs (sklearn), and its test is of these two runs' predictions
     assert test["auc_1"] == pytest.approx(r["runs"][0]["roc_auc"]) and test["auc_2"] == pytest.approx(r["runs"][1]["roc_auc"])
     from chestxray.data.sources import load_samples
-    from chestxray.inference.predictor import Predictor
+    from chestxray.models.predictor import Predictor
 
     samples = [s for s in load_samples(tiny_data)["test"]]
     ps = []

@@ -9,9 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 from chestxray.cli import app
-from chestxray.evaluation.metrics import binary_metrics, operating_points
+from chestxray.evaluation.metrics import binary_metrics
+from chestxray.models.calibration import operating_points
 from chestxray.data.transforms import Preprocessing
-from chestxray.inference.predictor import Predictor
+from chestxray.models.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_head_only_run_reuses_its_features_with_the_same_numbers(tiny_data, tmp_
     """A head-only run scores val/test and fits the OOD density on the features its head trained on: the stored
     figures and density equal what the contract's forward pass gives on those images."""
     from chestxray.data.sources import Sample
-    from chestxray.inference.ood import FeatureDensity
+    from chestxray.models.ood import FeatureDensity
 
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--out", str(out), "--img-size", "64", "--stages", "head",

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from chestxray.cli import app
 from chestxray.data.sources import Sample
 from chestxray.data.synthetic import phantom
-from chestxray.inference.explain import cam_target_layer, gradcam
-from chestxray.inference.predictor import Predictor
+from chestxray.evaluation.explain import cam_target_layer, gradcam
+from chestxray.models.predictor import Predictor
 from chestxray.models.backbones import REGISTRY, create_model
 
 

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from chestxray.cli import app
 from chestxray.files import sha256
 from chestxray.data.sources import load_samples
-from chestxray.inference import export as export_mod
-from chestxray.inference.onnx_model import CONTRACT_KEY, OnnxPredictor, read_contract
-from chestxray.inference.engines import load_on
-from chestxray.inference.load import load_predictor
-from chestxray.inference.predictor import CheckpointError, Predictor
+from chestxray.apps import export as export_mod
+from chestxray.models.onnx_model import CONTRACT_KEY, OnnxPredictor, read_contract
+from chestxray.apps.engines import load_on
+from chestxray.models.load import load_predictor
+from chestxray.models.predictor import CheckpointError, Predictor
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_a_run_directory_on_onnxruntime(tiny_run, exported, tiny_data, tmp_path,
     the checkpoint it was exported from stays, exported again (and verified) when the checkpoint changes."""
     import shutil
 
-    from chestxray.inference import engines
+    from chestxray.apps import engines
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)  # tests must not write into the shared run
@@ -192,7 +192,7 @@ def test_a_run_directory_on_onnxruntime(tiny_run, exported, tiny_data, tmp_path,
     res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(tiny_data), "--engine", "onnx", "--bootstrap", "0"])
     assert res.exit_code == 0, res.output
     assert "EXTERNAL" not in res.output and beside.stat().st_mtime_ns == made  # reused, and the run's own data
-    from chestxray.inference.serve import Service
+    from chestxray.apps.serve import Service
 
     assert isinstance(Service(run, engine="onnx").predictor, OnnxPredictor)  # `serve --engine onnx`
     predictor = Predictor.load(run)

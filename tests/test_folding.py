@@ -6,7 +6,7 @@ from torch import nn
 
 from chestxray.data.labels import TaskScheme
 from chestxray.data.transforms import Preprocessing
-from chestxray.inference.predictor import Predictor
+from chestxray.models.predictor import Predictor
 from chestxray.models.backbones import REGISTRY, create_model, normalisation
 from chestxray.models.folding import folded_copy
 

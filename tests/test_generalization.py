@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.data.sources import Sample
-from chestxray.inference.ood import FeatureDensity
+from chestxray.models.ood import FeatureDensity
 
 runner = CliRunner()
 
@@ -137,8 +137,8 @@ def foreign_site(tiny_data, tmp_path_factory):
 
 @pytest.mark.parametrize("head", [False, True])
 def test_adapt_makes_a_complete_run_recalibrated_on_the_site(run, foreign_site, tmp_path, head):
-    from chestxray.evaluation.metrics import operating_points
-    from chestxray.inference.predictor import Predictor
+    from chestxray.models.calibration import operating_points
+    from chestxray.models.predictor import Predictor
 
     out = tmp_path / "adapted"
     res = invoke("adapt", run, "--data", foreign_site, "--out", out, "--n", "20", "--bootstrap", "50", *(["--head"] if head else []))
@@ -258,7 +258,7 @@ def test_framing_augmentation_moves_the_frame_further_than_basic():
 def test_intensity_is_part_of_the_model_contract(tiny_data, tmp_path):
     from chestxray.data.sources import load_samples
     from chestxray.data.transforms import Standardise
-    from chestxray.inference.predictor import Predictor
+    from chestxray.models.predictor import Predictor
 
     out = tmp_path / "eq"
     res = invoke("train", "--data", tiny_data, "--out", out, "--img-size", "64", "--batch-size", "16", "--stages", "head",
@@ -286,9 +286,9 @@ def test_test_time_views_are_part_of_the_model_contract(tiny_data, tmp_path):
     import torch.nn.functional as F
 
     from chestxray.data.sources import load_samples
-    from chestxray.evaluation.metrics import best_f1_threshold
-    from chestxray.inference.onnx_model import OnnxPredictor
-    from chestxray.inference.predictor import Predictor
+    from chestxray.models.calibration import best_f1_threshold
+    from chestxray.models.onnx_model import OnnxPredictor
+    from chestxray.models.predictor import Predictor
 
     out = tmp_path / "tta"
     res = invoke("train", "--data", tiny_data, "--out", out, "--img-size", "64", "--batch-size", "16", "--stages", "head",
@@ -440,9 +440,9 @@ def test_a_run_made_before_balance_existed_resumes_unweighted(view_manifest, tmp
 
 
 def test_adapt_on_every_image_reports_out_of_fold_figures(run, foreign_site, tmp_path):
-    from chestxray.evaluation.metrics import operating_points
-    from chestxray.inference.predictor import Predictor
-    from chestxray.training.adapt import adapted_predictor, cross_fitted, load_site, run_rule
+    from chestxray.models.calibration import operating_points
+    from chestxray.models.predictor import Predictor
+    from chestxray.jobs.adapt import adapted_predictor, cross_fitted, load_site, run_rule
 
     out = tmp_path / "all"
     res = invoke("adapt", run, "--data", foreign_site, "--out", out, "--n", "all", "--bootstrap", "20")

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from chestxray.evaluation.metrics import best_f1_threshold, binary_metrics, multiclass_metrics, multilabel_metrics
+from chestxray.models.calibration import best_f1_threshold
+
+from chestxray.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
 
 
 def test_binary_metrics_by_hand():
@@ -49,7 +51,7 @@ def test_multilabel_samples_f1_and_jaccard():
 @pytest.mark.parametrize("grouped", [False, True])
 def test_the_auc_only_bootstrap_gives_the_full_bootstraps_interval(grouped):
     """The shortcut audit's intervals come from the AUC-only bootstrap: the same resamples, the same interval."""
-    from chestxray.evaluation.metrics import bootstrap_auc_ci, bootstrap_ci
+    from chestxray.evaluation.intervals import bootstrap_auc_ci, bootstrap_ci
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 80)

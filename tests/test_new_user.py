@@ -210,7 +210,7 @@ def test_6_per_source_auc_needs_enough_images_of_each_class(relative_runs, tiny_
 
 
 def test_6_too_few_note_thresholds():
-    from chestxray.evaluation.metrics import per_source
+    from chestxray.evaluation.intervals import per_source
 
     y = np.array([0] * 9 + [1] * 30 + [0] * 12 + [1] * 12)
     p = np.linspace(0, 1, len(y))
@@ -222,7 +222,7 @@ def test_6_too_few_note_thresholds():
 # --- 7. --calibrate with fine-tuning -----------------------------------------------------------------
 
 def test_7_temperature_fits_on_inference_mode_logits():
-    from chestxray.evaluation.metrics import fit_temperature
+    from chestxray.models.calibration import fit_temperature
 
     with torch.inference_mode():
         logits = torch.linspace(-6, 6, 40).reshape(-1, 1)
@@ -520,7 +520,7 @@ def test_13_data_split_names_the_options_given(tmp_path):
 
 def test_14_confusion_numbers_readable_and_captions_complete():
     from chestxray.evaluation.plots import count_colour
-    from chestxray.inference.explain import cam_caption
+    from chestxray.evaluation.explain import cam_caption
 
     assert count_colour(90, 100) == "white" and count_colour(10, 100) == "black" and count_colour(0, 0) == "black"
     caption = cam_caption("x.png", "normal", 0.71, 0.62)
@@ -546,7 +546,7 @@ def test_a_bug_is_not_reported_as_bad_input(monkeypatch, capsys, tiny_data, tmp_
     import sys
 
     from chestxray import cli
-    from chestxray.training import stages
+    from chestxray.jobs import train as stages
 
     def broken(*args, **kwargs):
         raise KeyError("a library bug")

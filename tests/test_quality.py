@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from chestxray.cli import app
 from chestxray.data.quality import OK, image_quality
 from chestxray.data.sources import Sample
-from chestxray.inference.predictor import Predictor
+from chestxray.models.predictor import Predictor
 from tests.conftest import SHARED_DATA
 
 runner = CliRunner()
@@ -83,7 +83,7 @@ def test_evaluate_counts_and_excludes_blank_images(tiny_run, tiny_data, tmp_path
 
 
 def test_the_service_refuses_a_blank_image_with_its_reason(tiny_run, tmp_path):
-    from chestxray.inference.serve import create_app
+    from chestxray.apps.serve import create_app
 
     white = blanks(tmp_path)[0]
     with TestClient(create_app(tiny_run)) as client:

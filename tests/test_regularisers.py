@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from chestxray.cli import app
 from chestxray.config import TrainConfig
 from chestxray.data.labels import TaskScheme
-from chestxray.inference.load import load_predictor
+from chestxray.models.load import load_predictor
 from chestxray.models.backbones import create_model
 from chestxray.training.module import ClassifierModule
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app
 from chestxray.files import DiskFullError, checksum_path
-from chestxray.inference.predictor import CheckpointError, Predictor
+from chestxray.models.predictor import CheckpointError, Predictor
 from chestxray.training.runstate import read_progress
 
 FLAGS = ["--img-size", "64", "--batch-size", "16", "--epochs-head", "3", "--epochs-finetune", "2", "--patience", "10",

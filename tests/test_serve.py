@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from chestxray.cli import app as cli_app
 from chestxray.data.io import sniff
-from chestxray.inference.serve import create_app
+from chestxray.apps.serve import create_app
 from tests.test_io import write_dicom
 from tests.test_new_user import png_header_only
 

@@ -174,6 +174,6 @@ def test_every_readable_format_is_found_in_class_folders(tmp_path):
     (tmp_path / "covid" / ".DS_Store").write_bytes(b"\0" * 200)
     splits = load_samples(tmp_path)
     assert sorted(Path(s.path).name for s in splits["train"]) == ["IM0001", "a.webp"]
-    from chestxray.inference.predict import expand_paths
+    from chestxray.apps.predict import expand_paths
 
     assert sorted(Path(p).name for p in expand_paths([tmp_path])) == ["IM0001", "a.webp"]

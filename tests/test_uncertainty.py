@@ -7,14 +7,9 @@ import torch
 from typer.testing import CliRunner
 
 from chestxray.cli import app
-from chestxray.evaluation.metrics import (
-    binary_metrics,
-    bootstrap_ci,
-    expected_calibration_error,
-    fit_temperature,
-    operating_points,
-    sensitivity_threshold,
-)
+from chestxray.evaluation.intervals import bootstrap_ci
+from chestxray.evaluation.metrics import binary_metrics, expected_calibration_error
+from chestxray.models.calibration import fit_temperature, operating_points, sensitivity_threshold
 
 
 def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_n():
@@ -125,7 +120,7 @@ def test_cli_operating_point_calibration_and_intervals(tiny_data, tmp_path):
 
 
 def test_per_source_rows_have_intervals():
-    from chestxray.evaluation.metrics import per_source
+    from chestxray.evaluation.intervals import per_source
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 120)

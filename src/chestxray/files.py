@@ -8,15 +8,15 @@ verifies it, so a truncated or corrupted file is refused (checkpoints) or rebuil
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import pickle
-from contextlib import contextmanager
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-
 
 from .errors import ChestXrayError
 
@@ -136,3 +136,14 @@ def load_checked(path: str | Path, what: str, error: type[ChestXrayError] = Ches
     """`verify`, then `torch_load` (weights_only=True)."""
     verify(path, what, error)
     return torch_load(path, what, error)
+
+
+@contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -10,21 +10,19 @@ share a cache one builds and the others wait, then read.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..files import DiskFullError, sha256
+from ..files import DiskFullError, file_lock, sha256
 from .io import XrayReadError, read_xray
 
 log = logging.getLogger("chestxray")
@@ -64,17 +62,6 @@ def file_key(path: str, size: int) -> str:
     except OSError:
         sig = f"{p}|missing|{size}|{READER_VERSION}"
     return hashlib.sha1(sig.encode()).hexdigest()
-
-
-@contextmanager
-def file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 _VERIFIED: set[tuple[str, int, int]] = set()  # shards whose checksum this process has checked: (path, size, mtime)

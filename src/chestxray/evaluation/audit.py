@@ -15,8 +15,9 @@ import torch
 
 from ..data.datamodule import DecodedSplit
 from ..data.sources import patient_groups
-from ..inference.predictor import Predictor
-from .metrics import binary_metrics, bootstrap_auc_ci
+from ..models.predictor import Predictor
+from .intervals import bootstrap_auc_ci
+from .metrics import binary_metrics
 
 HIDDEN_LUNGS_SUSPICIOUS = 0.70  # ROC-AUC with the lungs hidden at or above this: signals outside the lungs
 BORDER = 0.12  # fraction of the side masked at each edge in the 'borders hidden' condition

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..files import write_text
-from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
+from ..notices import RESEARCH_NOTE, SYNTHETIC_NOTE
 
 KEYS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1")
 

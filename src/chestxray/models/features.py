@@ -19,9 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.datamodule import DecodedDataset, make_loader
+from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
 from ..files import load_checked, save_checked
-from ..data.transforms import Preprocessing
 from .backbones import head_prefixes, is_head_param
 
 log = logging.getLogger("chestxray")
@@ -120,7 +120,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 
 def cached_features(cache_dir: Path, key_parts: list[str], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """Load features stored under a key made of `key_parts`, or compute and store them (under a lock)."""
-    from ..data.cache import file_lock
+    from ..files import file_lock
 
     key = hashlib.sha1("\n".join(key_parts).encode()).hexdigest()[:20]
     path = cache_dir / "features" / f"{key}.pt"

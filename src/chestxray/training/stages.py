@@ -1,13 +1,13 @@
-"""The two-stage recipe: head on a frozen backbone, then fine-tuning from the best head checkpoint.
+"""Fitting the stages of a run: the head on a frozen backbone, then fine-tuning from the best head epoch.
 
-Read `train_run` first: prepare the run, fit each stage, choose the final model on validation,
-finalise the run directory. Every decision (final stage, temperature, thresholds) and every figure in
-metrics.json is taken from the Predictor's forward pass, the one `chestxray predict` runs.
+`prepare_run` checks the options and data, writes the run's first files and decodes the images; `fit_stage`
+trains one stage (or takes it as an interrupted run finished it), keeps its best epoch and scores validation
+and test with the Predictor's forward pass, the one `chestxray predict` runs. Choosing among the stages and
+writing the results is the train job's (`jobs.train`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import logging
@@ -21,32 +21,51 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from .. import SYNTHETIC_NOTE
 from ..config import STAGES, Config
 from ..data.cache import default_cache_dir, file_key
 from ..data.check import one_class_validation, quick_check
 from ..data.datamodule import DecodedSplit, decode_split, make_dataset
 from ..data.labels import TaskScheme
-from ..data.sources import DataError, carve_validation, class_counts, discover, is_synthetic, write_split_csv
-from ..evaluation.evaluate import write_run_outputs
-from ..evaluation.metrics import ThresholdRule, binary_metrics, fit_temperature
-from ..evaluation.summary import ci_line, summary_table
+from ..data.sources import (
+    DataError,
+    carve_validation,
+    discover,
+    is_synthetic,
+    write_split_csv,
+)
 from ..data.transforms import Preprocessing
-from ..inference.ood import FeatureDensity
 from ..files import load_checked, write_text
-from ..inference.model_card import write_model_card
-from ..inference.predictor import Predictor
 from ..models.backbones import create_model, get_spec, normalisation
-from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
+from ..models.features import (
+    FeatureDataset,
+    cached_features,
+    extract_features,
+    head_split,
+    state_fingerprint,
+)
+from ..models.predictor import Predictor
+from ..notices import SYNTHETIC_NOTE
 from .losses import TaskLoss, balance_weights, balanced_class_weights
-from .runstate import (CheckedCheckpointIO, KillAfter, RandomState, RunDirError, TrainingCheckpointError,
-                       claim_run_dir, mark_progress, read_progress, run_lock)
 from .module import ClassifierModule
 from .progress import progress_callbacks
+from .runstate import (
+    CheckedCheckpointIO,
+    KillAfter,
+    RandomState,
+    RunDirError,
+    TrainingCheckpointError,
+    claim_run_dir,
+    mark_progress,
+    read_progress,
+)
 from .stage_data import StageData
 
 log = logging.getLogger("chestxray")
@@ -127,13 +146,6 @@ def read_history(log_dir: Path, stage: str, offset: int) -> pd.DataFrame:
     df.insert(0, "stage", stage)
     df.insert(1, "global_epoch", df["epoch"] + offset)
     return df
-
-
-def _score(monitor: str, val_metrics: dict, val_loss: float) -> float:
-    """Higher is better."""
-    if monitor == "val_loss":
-        return -val_loss
-    return val_metrics["roc_auc" if monitor == "val_auc" else "f1_infected"] or 0.0
 
 
 def resolve_precision(precision: str) -> str:
@@ -247,31 +259,6 @@ class Run:
 
     def targets(self, split: str) -> torch.Tensor:
         return torch.stack([self.scheme.target(s.label) for s in self.decoded[split].samples])
-
-
-def train_run(cfg: Config, out: str | Path, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train the configured stages into run directory `out`; evaluate the chosen model; return its metrics.
-
-    `resume`: `out` is an interrupted run of this same config: finished stages are not trained again, an
-    interrupted one continues from its last complete epoch. `overwrite`: an existing `out` is replaced.
-    """
-    out = Path(out)
-    with run_lock(out) if launched_as_global_zero() else contextlib.nullcontext():
-        return _train_run(cfg, out, progress, resume, overwrite)
-
-
-def _train_run(cfg: Config, out: Path, progress: bool, resume: bool, overwrite: bool) -> dict:
-    run = prepare_run(cfg, out, resume, overwrite)
-    results = {}
-    for stage in parse_stages(cfg.train.stages):
-        if (cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune) > 0:
-            results[stage] = fit_stage(run, stage, progress)
-    if not run.writer:
-        return {}  # other DDP processes only train; the writer reports
-    choose_final_model(run, results)
-    metrics = finalise_run(run, results)
-    mark_progress(run.out, finished=True)
-    return metrics
 
 
 def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False) -> Run:
@@ -446,12 +433,7 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
         outputs = {k: run.predictor.forward(run.decoded[k].images, desc=f"scoring {k} with the best {stage} epoch") for k in splits}
     run.logits[stage] = {k: v[0] for k, v in outputs.items()}
     run.features[stage] = {k: v[1] for k, v in outputs.items()}
-    val_loss = float(criterion(run.logits[stage]["val"], run.targets("val")))
-    val_m = binary_metrics(run.infected("val"), run.scheme.p_infected(run.logits[stage]["val"]).numpy(), 0.5)
-    res = {"val": val_m, "val_loss": val_loss, "score": _score(run.cfg.train.monitor, val_m, val_loss), "epochs_run": len(hist)}
-    if run.eval_split == "test":
-        res["test"] = binary_metrics(run.infected("test"), run.scheme.p_infected(run.logits[stage]["test"]).numpy(), 0.5)
-    return res
+    return {"val_loss": float(criterion(run.logits[stage]["val"], run.targets("val"))), "epochs_run": len(hist)}
 
 
 def earlier_log(log_csv: Path) -> Path:
@@ -490,76 +472,3 @@ def check_same_split(path: Path, splits: dict) -> None:
     if now != before:
         raise RunDirError(f"{path}: the data changed since the run started (other images or splits); "
                           "a resumed run must train on the same data; start a new run with --out")
-
-
-def choose_final_model(run: Run, results: dict) -> None:
-    """The stage with the best validation score; temperature and operating points on its validation logits."""
-    cfg, predictor = run.cfg, run.predictor
-    final = max(results, key=lambda s: results[s]["score"])  # test never chooses anything
-    predictor.model.load_state_dict(run.states[final])
-    val_logits = run.logits[final]["val"]
-    predictor.temperature = fit_temperature(val_logits, run.targets("val"), run.scheme.task) if cfg.train.calibrate else 1.0
-    rule = ThresholdRule.of_config(cfg.to_dict()["train"])
-    chosen, points = rule.choose(run.infected("val"), predictor.p_infected(val_logits))
-    predictor.threshold, predictor.thresholds = points[chosen], points
-    predictor.threshold_rule = f"{chosen}, chosen on validation"
-    if final == "head" and uses_contract_features(run):
-        train_features = contract_features(run)["train"]  # the frozen backbone's, computed once for the head stage
-    else:
-        train_features = predictor.forward(run.decoded["train"].images, desc="features of the training images")[1]
-    log.info("fitting the out-of-distribution density on %d training images' features", len(train_features))
-    predictor.ood = FeatureDensity.fit(train_features.numpy(), run.features[final]["val"].numpy(), cfg.train.ood_quantile)
-    predictor.meta = {
-        "model_name": cfg.model.model,
-        "timm_name": get_spec(cfg.model.model).timm_name,
-        "stage": final,
-        "weights_origin": run.origin,
-        "config": cfg.to_dict(),
-        "synthetic": run.synthetic,
-        "data_resolved": str(Path(cfg.data.data).resolve()),
-    }
-
-
-def finalise_run(run: Run, results: dict) -> dict:
-    """The final checkpoint, history.csv, and metrics, plots and report of the evaluation split."""
-    predictor, final, split = run.predictor, run.predictor.meta["stage"], run.eval_split
-    predictor.save(run.out / "checkpoints" / "best.ckpt")
-    history = pd.concat(run.histories, ignore_index=True) if run.histories else pd.DataFrame()
-    write_text(run.out / "history.csv", history.to_csv(index=False))
-    header = {
-        "data": run.cfg.data.data,
-        "split": split,
-        "external": False,
-        "synthetic": run.synthetic,
-        "model": run.cfg.model.model,
-        "weights_origin": run.origin,
-        "final_stage": final,
-        "val_threshold": predictor.threshold,
-        "val_threshold_rule": predictor.threshold_rule.split(",")[0],
-        "class_counts": {k: class_counts(d.samples) for k, d in run.decoded.items()},
-        "unreadable_skipped": [str(e) for d in run.decoded.values() for e in d.errors],
-        "stages": results,
-    }
-    metrics = write_run_outputs(
-        run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
-        run.cfg.train.bootstrap, run.cfg.train.seed, lambda m: summarise(results, m, final, split, run.synthetic),
-        run.features[final][split], with_audit=run.cfg.train.audit,
-    )
-    write_model_card(predictor, run.out)
-    return metrics
-
-
-def summarise(results: dict, metrics: dict, final_stage: str, split: str, synthetic: bool) -> str:
-    rows = {}
-    for stage, r in results.items():
-        rows[f"{stage} best: val @0.5"] = r["val"]
-        if "test" in r:
-            rows[f"{stage} best: test @0.5"] = r["test"]
-    rows[f"final ({final_stage}) {split} @val-thr"] = metrics["binary"]["at_val_threshold"]
-    text = summary_table(rows) + "\n" + ci_line(metrics)
-    if split == "val":
-        text += ("\nNo test split (--test-fraction 0): the final figures are on the validation images that chose the epoch, "
-                 "the stage and the threshold; optimistic, not a test.")
-    if synthetic:
-        text = f"*** {SYNTHETIC_NOTE} ***\n" + text
-    return text

@@ -30,11 +30,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
-from .. import RESEARCH_NOTE, __version__
 from ..data.cache import decode_resized
-from ..data.quality import OK, image_quality
 from ..data.io import XrayReadError, sniff
+from ..data.quality import OK, image_quality
 from ..files import sha256
+from ..notices import RESEARCH_NOTE
+from ..notices import VERSION as __version__
 from .engines import load_on
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class Service:
     """The loaded model and what every route needs from it."""
 
     def __init__(self, model: str | Path, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, engine: str = "torch"):
-        from .model_card import model_card
+        from ..evaluation.model_card import model_card
 
         self.predictor = load_on(model, engine)
         self.lock = threading.Lock()  # one model call at a time (Grad-CAM hooks the same network)
@@ -177,7 +178,7 @@ class Service:
         """Grad-CAM overlays as base64 PNGs."""
         from PIL import Image
 
-        from .explain import gradcam, overlay
+        from ..evaluation.explain import gradcam, overlay
 
         with self.lock:
             cams, _, shown = gradcam(self.predictor, images)
@@ -259,7 +260,13 @@ def create_app(model: str | Path, max_upload_mb: float = MAX_UPLOAD_MB, max_file
                engine: str = "torch"):
     """The FastAPI application serving `model` (a run directory, best.ckpt or exported .onnx; `engine` as in
     `engines.load_on`)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        Counter,
+        Histogram,
+        generate_latest,
+    )
 
     service = Service(model, max_batch, max_wait_ms, engine)
     registry = CollectorRegistry()

@@ -18,8 +18,8 @@ from typing import Optional
 import typer
 from typer.core import TyperArgument, TyperCommand
 
-from .config import SECTIONS, Config, field_type, flag_name
-from .errors import ChestXrayError
+from ..config import SECTIONS, Config, field_type, flag_name
+from ..errors import ChestXrayError
 
 app = typer.Typer(
     help="Infected-vs-Normal chest X-ray classification by two-stage transfer learning. "
@@ -134,8 +134,13 @@ def train(
     overrides: dict = None,
 ):
     """Train a classifier: head stage on the frozen backbone, then fine-tuning; evaluate on test."""
-    from .training.runstate import Interrupted, config_differences, interrupts_raise, read_progress
-    from .training.stages import train_run
+    from ..jobs.train import train_run
+    from ..training.runstate import (
+        Interrupted,
+        config_differences,
+        interrupts_raise,
+        read_progress,
+    )
 
     try:
         if resume:
@@ -202,10 +207,11 @@ def evaluate(
 ):
     """Metrics with 95% intervals at 0.5 and at each validation operating point, calibration, per source, plots.
     Every evaluation is recorded in RUN/evaluations.json, where the model card finds it."""
-    from .evaluation.evaluate import evaluate_run
-    from .evaluation.summary import ci_line, summary_table
+    from ..apps.engines import load_on
+    from ..evaluation.summary import ci_line, summary_table
+    from ..jobs.evaluate import evaluate_run
 
-    metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, engine)
+    metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(run, engine))
     split = metrics["split"]
     if split == "all":
         typer.echo(f"{data} has no train/val/test splits: evaluated all {metrics['binary']['at_0.5']['n']} labelled images.")
@@ -224,7 +230,7 @@ def evaluate(
     cal = metrics["calibration"]
     typer.echo(f"ECE {cal['ece']:.3f}" + (f" (temperature {cal['temperature']:.2f}; before scaling {cal['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in cal else ""))
     if metrics.get("out_of_distribution"):
-        from .evaluation.report import ood_line
+        from ..evaluation.report import ood_line
 
         typer.echo(ood_line(metrics["out_of_distribution"]))
     if metrics.get("audit"):
@@ -254,12 +260,12 @@ def audit(
     """Shortcut audit: ROC-AUC with the lung fields hidden, with only the lungs kept, and with the borders hidden."""
     import json
 
-    from .data.sources import evaluation_samples
-    from .evaluation.audit import audit as run_audit
-    from .evaluation.evaluate import evaluation_folder
-    from .files import write_text
-    from .inference.load import load_predictor
-    from .inference.predictor import run_directory
+    from ..data.sources import evaluation_samples
+    from ..evaluation.audit import audit as run_audit
+    from ..files import write_text
+    from ..jobs.evaluate import evaluation_folder
+    from ..models.load import load_predictor
+    from ..models.predictor import run_directory
 
     predictor = load_predictor(run)
     name, samples = evaluation_samples(data, split)
@@ -288,8 +294,8 @@ def adapt(
     skip_bad: bool = SKIP_BAD_OPT,
 ):
     """Recalibrate a model for a new site: temperature and threshold (and with --head the classifier) from n labelled images."""
-    from .evaluation.metrics import ThresholdRule
-    from .training.adapt import adapt_run
+    from ..jobs.adapt import adapt_run
+    from ..models.calibration import ThresholdRule
 
     if operating_point not in (None, "best_f1", "youden", "sensitivity"):
         raise ChestXrayError(f"--operating-point must be one of best_f1, youden, sensitivity; got '{operating_point}'")
@@ -331,10 +337,10 @@ def predict(
     engine: str = ENGINE_OPT,
 ):
     """Predict P(infected), the label at the run's validation threshold, and per-class probabilities."""
-    from .data.sources import Sample, read_manifest
-    from .inference.predict import check_predictions_out, expand_paths, write_predictions
-    from .inference.engines import load_on
-    from .inference.predictor import checkpoint_path
+    from ..apps.engines import load_on
+    from ..apps.predict import check_predictions_out, expand_paths, write_predictions
+    from ..data.sources import Sample, read_manifest
+    from ..models.predictor import checkpoint_path
 
     if format not in ("csv", "json"):
         raise ChestXrayError(f"--format must be csv or json, got '{format}'")
@@ -394,8 +400,8 @@ def export(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable verification images instead of stopping."),
 ):
     """ONNX export with the whole contract in its metadata, verified against PyTorch on real images."""
-    from .inference.export import export_onnx
-    from .inference.predict import expand_paths
+    from ..apps.export import export_onnx
+    from ..apps.predict import expand_paths
 
     if out.exists() and not overwrite:
         raise ChestXrayError(f"{out}: exists; give another --out, or --overwrite to replace it")
@@ -410,8 +416,8 @@ def export(
 @app.command(cls=_Command)
 def card(run: Path = RUN_ARG):
     """Write RUN/model_card.md again from the run's own files (training writes it; evaluations added since are included)."""
-    from .inference.model_card import write_model_card
-    from .inference.predictor import Predictor, checkpoint_path, run_directory
+    from ..evaluation.model_card import write_model_card
+    from ..models.predictor import Predictor, checkpoint_path, run_directory
 
     predictor = Predictor.load(run)
     path = write_model_card(predictor, run_directory(checkpoint_path(run)))
@@ -432,7 +438,7 @@ def serve(
     engine: str = ENGINE_OPT,
 ):
     """HTTP service: POST /predict, GET /health, /ready, /model, /metrics, and a page at / to try an image."""
-    from .inference.serve import serve as run_server
+    from ..apps.serve import serve as run_server
 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logging.getLogger(__name__).warning("listening on %s without --api-key: anyone who can reach it can use it", host)
@@ -448,9 +454,9 @@ def explain(
     skip_bad: bool = SKIP_BAD_OPT,
 ):
     """Grad-CAM overlays for the predicted class (eval mode, batched), one PNG per image."""
-    from .inference.explain import explain_paths
-    from .inference.predict import expand_paths
-    from .inference.load import load_predictor
+    from ..apps.predict import expand_paths
+    from ..evaluation.explain import explain_paths
+    from ..models.load import load_predictor
 
     df = explain_paths(load_predictor(run), expand_paths(paths), out, skip_bad)
     typer.echo(f"{len(df)} Grad-CAM overlays -> {out} (explanations.csv lists them)")
@@ -465,7 +471,7 @@ def compare(
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC intervals."),
 ):
     """One table and one ROC plot across runs on the same images, with DeLong tests against the first run."""
-    from .evaluation.compare import compare_runs
+    from ..jobs.compare import compare_runs
 
     r = compare_runs(runs, data, split, out, bootstrap)
     typer.echo(f"{r['data']} split {r['split']}: {r['n']} images, {r['n_infected']} infected")
@@ -484,7 +490,7 @@ def compare(
 @app.command(cls=_Command)
 def models():
     """List supported models and whether their ImageNet weights are usable offline here."""
-    from .models.backbones import REGISTRY, offline_weights_source
+    from ..models.backbones import REGISTRY, offline_weights_source
 
     typer.echo(f"{'model':20s} {'timm':24s} offline ImageNet weights")
     for name, spec in REGISTRY.items():
@@ -502,10 +508,10 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ):
     """The whole job offline: synthetic phantoms (or --data), both stages, evaluation, predictions."""
-    from .data.sources import load_samples
-    from .data.synthetic import make_dataset
-    from .inference.predictor import Predictor
-    from .training.stages import train_run
+    from ..data.sources import load_samples
+    from ..data.synthetic import make_dataset
+    from ..jobs.train import train_run
+    from ..models.predictor import Predictor
 
     if data is None:
         data_dir = out / "synthetic-data"
@@ -544,7 +550,7 @@ def data_check(
     two labels in one split) and patients across splits. Exit 1 where training would fail or be wrong."""
     import json
 
-    from .data.check import check_dataset
+    from ..data.check import check_dataset
 
     r = check_dataset(data, max_distance, normal_class)
     for split, info in r["splits"].items():
@@ -579,7 +585,7 @@ def data_split(
     seed: int = typer.Option(42, help="Random seed of the split."),
 ):
     """A patient-level, label-stratified train/val/test split, written as a `split` column."""
-    from .data.check import split_manifest
+    from ..data.check import split_manifest
 
     out = out or manifest.with_name(f"{manifest.stem}-split.csv")
     counts = split_manifest(manifest, out, val, test, seed)

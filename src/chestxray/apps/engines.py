@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ..errors import ChestXrayError
 from ..files import sha256
+from ..models.load import load_predictor
+from ..models.onnx_model import OnnxPredictor, read_contract
+from ..models.predictor import CheckpointError, Predictor, checkpoint_path
 from .export import export_onnx
-from .load import load_predictor
-from .onnx_model import OnnxPredictor, read_contract
-from .predictor import CheckpointError, Predictor, checkpoint_path
 
 log = logging.getLogger("chestxray")
 

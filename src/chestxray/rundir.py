@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data.cache import file_lock
-from ..files import write_text
+from .files import file_lock, write_text
 
 EVALUATIONS = "evaluations.json"
 

@@ -13,7 +13,7 @@ from torch import nn
 from ..data.datamodule import DecodedDataset, make_loader
 from ..data.sources import Sample
 from ..models.backbones import spec_for
-from .predictor import Predictor
+from ..models.predictor import Predictor
 
 
 def cam_target_layer(model: nn.Module) -> nn.Module:
@@ -22,7 +22,10 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
 
 
 def _targets(loaded: Predictor, logits: torch.Tensor):
-    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import (
+        BinaryClassifierOutputTarget,
+        ClassifierOutputTarget,
+    )
 
     scheme = loaded.scheme
     if scheme.task == "binary":

@@ -12,26 +12,31 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import RESEARCH_NOTE, SYNTHETIC_NOTE
 from ..data.datamodule import DecodedSplit
 from ..data.quality import OK
-from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, patient_groups
-from ..inference.explain import cam_examples
-from ..files import write_text
-from ..inference.evaluations import record_evaluation
-from ..inference.engines import load_on
-from ..inference.predictor import Predictor, run_directory
-from . import plots
-from .audit import audit
-from .metrics import (
+from ..data.sources import (
+    DataError,
+    Sample,
+    evaluation_samples,
+    is_synthetic,
+    patient_groups,
+)
+from ..evaluation import plots
+from ..evaluation.audit import audit
+from ..evaluation.explain import cam_examples
+from ..evaluation.intervals import bootstrap_ci, per_source
+from ..evaluation.metrics import (
     binary_metrics,
-    bootstrap_ci,
     expected_calibration_error,
     multiclass_metrics,
     multilabel_metrics,
-    per_source,
 )
-from .report import write_report
+from ..evaluation.report import write_report
+from ..files import write_text
+from ..models.load import load_predictor
+from ..models.predictor import Predictor, run_directory
+from ..notices import RESEARCH_NOTE, SYNTHETIC_NOTE
+from ..rundir import record_evaluation
 
 log = logging.getLogger("chestxray")
 
@@ -187,16 +192,17 @@ def claim_evaluation_folder(out: Path, data: str | Path, split: str, overwrite: 
 def evaluate_run(
     run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None, skip_bad: bool = False,
     n_boot: int = 1000, seed: int | None = None, with_audit: bool = False, name: str | None = None, overwrite: bool = False,
-    engine: str = "torch",
+    predictor: Predictor | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate a trained run on `split` of `data` (the training data or another dataset).
 
     `split` None: the test split, or all of `data` where it has no train/val/test splits (split 'all').
     `out` None: `evaluation_folder` (RUN/eval/NAME with `name`). `seed` None: the run's own training seed, so that
     the run's test split gets the intervals training reported. Every evaluation is recorded in RUN/evaluations.json.
-    `engine` 'onnx': the run's model on onnxruntime (`inference.engines.load_on`).
+    `predictor`: the run's model as already loaded (`apps.engines.load_on` runs a run directory on onnxruntime);
+    None: loaded from `run`.
     """
-    predictor = load_on(run, engine)
+    predictor = predictor or load_predictor(run)
     split, samples = evaluation_samples(data, split)
     unknown = sorted({s.label for s in samples} - set(predictor.scheme.classes))
     if unknown:

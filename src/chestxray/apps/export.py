@@ -22,11 +22,19 @@ from torch import nn
 
 from ..data.sources import Sample, evaluation_samples
 from ..errors import ChestXrayError
+from ..evaluation.model_card import model_card
 from ..files import atomic_path, sha256
-from .onnx_model import CONTRACT_KEY, FORMAT_KEY, INPUT, ONNX_FORMAT, OUTPUTS, OnnxPredictor, contract
-from .model_card import model_card
-from .load import load_predictor
-from .predictor import Predictor, contract_outputs, run_directory
+from ..models.load import load_predictor
+from ..models.onnx_model import (
+    CONTRACT_KEY,
+    FORMAT_KEY,
+    INPUT,
+    ONNX_FORMAT,
+    OUTPUTS,
+    OnnxPredictor,
+    contract,
+)
+from ..models.predictor import Predictor, contract_outputs, run_directory
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .. import RESEARCH_NOTE, __version__
 from ..files import sha256, write_text
-from .evaluations import read_evaluations
-from .predictor import Predictor, run_directory
+from ..models.predictor import Predictor, run_directory
+from ..notices import RESEARCH_NOTE
+from ..notices import VERSION as __version__
+from ..rundir import read_evaluations
 
 POINTS = {"at_val_threshold": "stored threshold (in use)", "at_0.5": "0.5", "at_best_f1": "best F1 on validation",
           "at_youden": "Youden on validation", "at_sensitivity_0.95": "sensitivity 0.95 on validation"}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import RESEARCH_NOTE
 from ..data.io import list_images
 from ..errors import ChestXrayError
 from ..files import write_text
+from ..notices import RESEARCH_NOTE
 
 
 def expand_paths(paths: list[str | Path]) -> list[str]:

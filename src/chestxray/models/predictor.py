@@ -27,8 +27,8 @@ from ..data.sources import Sample
 from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
 from ..files import load_checked, save_checked
-from ..models.backbones import head_prefixes
-from ..models.folding import folded_copy
+from .backbones import head_prefixes
+from .folding import folded_copy
 from .ood import FeatureDensity
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"

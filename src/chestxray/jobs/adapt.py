@@ -20,14 +20,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.sources import DataError, Sample, carve_validation, discover, is_synthetic, patient_groups
+from ..data.sources import (
+    DataError,
+    Sample,
+    carve_validation,
+    discover,
+    is_synthetic,
+    patient_groups,
+)
 from ..errors import ChestXrayError
-from ..evaluation.evaluate import write_json, write_run_outputs
-from ..inference.model_card import write_model_card
-from ..evaluation.metrics import ThresholdRule, binary_metrics, bootstrap_ci, fit_temperature
-from ..inference.load import load_predictor
-from ..inference.predictor import Predictor, run_directory, checkpoint_path
-from .losses import TaskLoss, balanced_class_weights
+from ..evaluation.intervals import bootstrap_ci
+from ..evaluation.metrics import binary_metrics
+from ..evaluation.model_card import write_model_card
+from ..models.calibration import ThresholdRule, fit_temperature
+from ..models.load import load_predictor
+from ..models.predictor import Predictor, checkpoint_path, run_directory
+from ..training.losses import TaskLoss, balanced_class_weights
+from .evaluate import write_json, write_run_outputs
 
 
 @dataclass

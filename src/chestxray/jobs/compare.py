@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import write_text
 from ..data.sources import DataError, evaluation_samples, patient_groups
 from ..errors import ChestXrayError
-from ..inference.load import load_predictor
-from .metrics import binary_metrics, bootstrap_ci, delong_test
+from ..evaluation.intervals import bootstrap_ci, delong_test
+from ..evaluation.metrics import binary_metrics
+from ..files import write_text
+from ..models.load import load_predictor
 
 
 def compare_runs(
