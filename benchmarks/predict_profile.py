@@ -56,7 +56,7 @@ def fresh_run(images, img_size: int, out: Path) -> Path:
 
     model, origin = create_model("efficientnet_lite0", 1, None, True, 0.2)
     scheme = TaskScheme.build("binary", ["normal", "pneumonia"])
-    p = Predictor(model, scheme, Preprocessing(img_size, *normalisation(model)))
+    p = Predictor(model=model, scheme=scheme, preprocessing=Preprocessing(img_size, *normalisation(model)))
     feats = p.forward(images[:256])[1].numpy()
     p.ood = FeatureDensity.fit(feats, feats[:64], 0.95)
     p.meta = {"model_name": "efficientnet_lite0", "timm_name": "tf_efficientnet_lite0", "stage": "head",

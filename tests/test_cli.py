@@ -51,8 +51,8 @@ def test_final_model_chosen_on_validation_not_test(trained_run):
     m = json.loads((out / "metrics.json").read_text())
     scores = {s: r["score"] for s, r in m["stages"].items()}
     assert m["final_stage"] == max(scores, key=scores.get)
-    ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
-    assert ckpt["stage"] == m["final_stage"] and ckpt["threshold"] == m["val_threshold"]
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["contract"]
+    assert ckpt["meta"]["stage"] == m["final_stage"] and ckpt["threshold"] == m["val_threshold"]
 
 
 def test_evaluate(trained_run, tiny_data, tmp_path):

@@ -54,7 +54,7 @@ def test_predict_on_validation_reproduces_the_stored_decisions(two_stage_run, tm
 
 def test_the_predictor_owns_the_contract(two_stage_run, tiny_data):
     predictor = Predictor.load(two_stage_run)
-    ckpt = torch.load(two_stage_run / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt = torch.load(two_stage_run / "checkpoints" / "best.ckpt", weights_only=True)["contract"]
     assert Preprocessing.from_dict(ckpt["preprocessing"]) == predictor.preprocessing
     assert predictor.preprocessing.img_size == 64 and predictor.preprocessing.mean == (0.5, 0.5, 0.5)
     assert predictor.temperature == ckpt["temperature"] != 1.0
@@ -83,7 +83,7 @@ def test_logits_follow_from_the_contract_features_exactly(name):
 
     model, _ = create_model(name, 1, pretrained=False)
     torch.nn.init.normal_(model.get_classifier().weight, std=0.05)
-    predictor = Predictor(model, TaskScheme.build("binary", ["normal", "pneumonia"]), Preprocessing(64, *normalisation(model)))
+    predictor = Predictor(model=model, scheme=TaskScheme.build("binary", ["normal", "pneumonia"]), preprocessing=Preprocessing(64, *normalisation(model)))
     images = np.random.default_rng(0).integers(0, 256, (70, 72, 72), dtype=np.uint8)  # two batches, the last one short
     logits, features = predictor.forward(images)
     assert torch.equal(predictor.logits_from_features(features), logits)
@@ -95,7 +95,7 @@ def test_logits_from_features_refused_where_the_head_is_more_than_the_classifier
 
     model, _ = create_model("efficientnet_lite0", 1, pretrained=False)
     scheme = TaskScheme.build("binary", ["normal", "pneumonia"])
-    tta = Predictor(model, scheme, Preprocessing(64, *normalisation(model), tta="views"))
+    tta = Predictor(model=model, scheme=scheme, preprocessing=Preprocessing(64, *normalisation(model), tta="views"))
     assert not tta.head_on_features()
     with pytest.raises(ValueError):
         tta.logits_from_features(torch.zeros(2, 1280))

@@ -13,7 +13,7 @@ from chestxray.cli import app
 from chestxray.files import sha256
 from chestxray.data.sources import load_samples
 from chestxray.apps import export as export_mod
-from chestxray.models.onnx_model import CONTRACT_KEY, OnnxPredictor, read_contract
+from chestxray.models.onnx_model import CONTRACT_KEY, OnnxPredictor, read_contract, read_export
 from chestxray.apps.engines import load_on
 from chestxray.models.load import load_predictor
 from chestxray.models.predictor import CheckpointError, Predictor
@@ -30,14 +30,16 @@ def exported(tiny_run, tmp_path_factory):
 
 def test_the_file_carries_the_contract(exported, tiny_run):
     torch_p = Predictor.load(tiny_run)
-    c = read_contract(exported)
+    c, info, card = read_export(exported)
+    assert c == torch_p.contract()  # the checkpoint's contract and the file's are one dict
     assert c["scheme"] == torch_p.scheme.to_dict()
     assert c["preprocessing"] == torch_p.preprocessing.to_dict()
     assert c["temperature"] == torch_p.temperature != 1.0
     assert c["threshold"] == torch_p.threshold and c["thresholds"] == torch_p.thresholds
-    assert c["threshold_rule"] == torch_p.threshold_rule and c["stage"] == torch_p.meta["stage"]
-    assert c["source_checkpoint"]["sha256"] == sha256(tiny_run / "checkpoints" / "best.ckpt")
-    assert c["data_summary"]["class_counts"]["train"]
+    assert c["threshold_rule"] == torch_p.threshold_rule and c["meta"]["stage"] == torch_p.meta["stage"]
+    assert c["meta"]["data_resolved"] == torch_p.meta["data_resolved"]
+    assert info["source_checkpoint"]["sha256"] == sha256(tiny_run / "checkpoints" / "best.ckpt")
+    assert info["data_summary"]["class_counts"]["train"] and card.startswith("# Model card")
     assert c["ood"] and c["ood"]["threshold"] == torch_p.ood.threshold
     g = onnx.load(str(exported))
     assert [i.name for i in g.graph.input] == ["image"]
@@ -118,7 +120,8 @@ def test_export_errors_name_the_problem(tiny_run, exported, tmp_path):
 def test_onnx_predictor_is_a_predictor(exported):
     p = load_predictor(exported)
     assert isinstance(p, OnnxPredictor) and p.model is None
-    assert json.loads(onnx.load(str(exported)).metadata_props[1].value)["format"] == read_contract(exported)["format"]
+    props = {e.key: e.value for e in onnx.load(str(exported)).metadata_props}
+    assert json.loads(props[CONTRACT_KEY]) == read_contract(exported) == p.contract()
     assert CONTRACT_KEY == "chestxray.contract"
 
 
@@ -153,7 +156,7 @@ def test_model_card_from_the_runs_files(tiny_run, tiny_data, tmp_path):
     # the exported file carries the card of its run
     onnx_file = tmp_path / "m.onnx"
     assert CliRunner().invoke(app, ["export", str(run), "--out", str(onnx_file)]).exit_code == 0
-    assert read_contract(onnx_file)["model_card"] == card
+    assert read_export(onnx_file)[2] == card
 
 
 def test_evaluate_an_onnx_file(exported, tiny_run, tiny_data, tmp_path):
@@ -210,3 +213,54 @@ def test_a_run_directory_on_onnxruntime(tiny_run, exported, tiny_data, tmp_path,
     assert calls == [(run / "checkpoints" / "best.ckpt", beside)]  # (export_onnx itself is tested above)
     res = CliRunner().invoke(app, ["predict", str(run), *paths, "--engine", "tensorflow", "--out", str(tmp_path / "x.csv")])
     assert res.exit_code == 2 and "--engine must be one of torch, onnx" in res.output
+
+
+def test_relative_data_evaluates_as_its_own_data(tiny_data, tmp_path, monkeypatch):
+    """Trained with a relative --data, exported, and evaluated from another directory on the same data: the ONNX file
+    carries the data path the run resolved (the contract), so this is not an external evaluation; nor for `compare`."""
+    monkeypatch.chdir(tiny_data.parent)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--data", tiny_data.name, "--out", str(run), "--img-size", "32", "--stages", "head",
+                                   "--epochs-head", "1", "--bootstrap", "0", "--no-audit", "--quiet"])
+    assert res.exit_code == 0, res.output
+    onnx_file = tmp_path / "m.onnx"
+    assert CliRunner().invoke(app, ["export", str(run), "--out", str(onnx_file)]).exit_code == 0
+    assert read_contract(onnx_file)["meta"]["data_resolved"] == str(tiny_data.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = CliRunner().invoke(app, ["evaluate", str(onnx_file), "--data", str(tiny_data), "--bootstrap", "0", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert "EXTERNAL" not in res.output and json.loads((tmp_path / "ev" / "metrics.json").read_text())["external"] is False
+    assert load_predictor(onnx_file).training_data == tiny_data.resolve()  # compare's default data
+
+
+def test_checkpoints_and_exports_of_the_earlier_format_load(tiny_run, exported, tmp_path):
+    """A checkpoint with the contract's fields at its top level (written before the contract was one dict) and an
+    ONNX file of format chestxray-onnx-1 load into the same predictor as today's files."""
+    from chestxray.files import load_checked, save_checked
+    from chestxray.models.onnx_model import FORMAT_KEY, LEGACY_FORMAT
+
+    now = Predictor.load(tiny_run)
+    ckpt = load_checked(tiny_run / "checkpoints" / "best.ckpt", "checkpoint", CheckpointError)
+    c = ckpt["contract"]
+    ood = {k: torch.tensor(v, dtype=torch.float32) if isinstance(v, list) else v for k, v in c["ood"].items()}
+    old = {"format": ckpt["format"], "state_dict": ckpt["state_dict"], **{k: c[k] for k in (
+        "scheme", "preprocessing", "threshold", "threshold_rule", "thresholds", "temperature")}, "ood": ood, **c["meta"]}
+    save_checked(old, tmp_path / "old.ckpt")
+    before = Predictor.load(tmp_path / "old.ckpt")
+    assert before.contract() == now.contract()
+    # the ONNX file's one dict of the earlier format
+    g = onnx.load(str(exported))
+    contract, info, card = read_export(exported)
+    legacy = {"format": LEGACY_FORMAT, **{k: v for k, v in contract.items() if k not in ("meta", "contract_version")},
+              **{k: v for k, v in contract["meta"].items() if k != "data_resolved"}, "data": contract["meta"]["data_resolved"],
+              **info, "model_card": card}
+    del g.metadata_props[:]
+    for key, value in ((FORMAT_KEY, LEGACY_FORMAT), (CONTRACT_KEY, json.dumps(legacy))):
+        e = g.metadata_props.add()
+        e.key, e.value = key, value
+    onnx.save(g, str(tmp_path / "old.onnx"))
+    old_onnx = OnnxPredictor.load(tmp_path / "old.onnx")
+    assert old_onnx.contract() == now.contract() and old_onnx.export["source_checkpoint"] == info["source_checkpoint"]
+    assert old_onnx.card == card and old_onnx.training_data == now.training_data

@@ -70,7 +70,7 @@ def test_a_fold_that_would_change_the_output_is_refused():
 def test_the_contract_network_follows_the_weights():
     """Predictor.forward runs a folded copy; new weights (a training step, a loaded stage) make a new copy."""
     model, _ = create_model("efficientnet_lite0", 1, pretrained=False)
-    predictor = Predictor(model, TaskScheme.build("binary", ["normal", "pneumonia"]), Preprocessing(64, *normalisation(model)))
+    predictor = Predictor(model=model, scheme=TaskScheme.build("binary", ["normal", "pneumonia"]), preprocessing=Preprocessing(64, *normalisation(model)))
     images = torch.randint(0, 256, (5, 72, 72), dtype=torch.uint8).numpy()
     before = predictor.forward(images)[0]
     assert predictor.inference_model() is predictor.inference_model()  # cached while the weights stay

@@ -57,7 +57,7 @@ def test_density_flags_shifted_features():
 
 
 def test_ood_is_stored_and_reported(run, tiny_data, foreign_data, tmp_path):
-    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["contract"]
     assert ckpt["ood"]["threshold"] > 0 and ckpt["ood"]["quantile"] == 0.95
     m = json.loads((run / "metrics.json").read_text())
     own = m["out_of_distribution"]
@@ -175,13 +175,13 @@ def test_adapt_to_a_target_sensitivity(run, foreign_site, tmp_path):
     res = invoke("adapt", run, "--data", foreign_site, "--out", tmp_path / "s", "--n", "24", "--bootstrap", "0",
                  "--operating-point", "sensitivity", "--target-sensitivity", "0.9")
     assert res.exit_code == 0, res.output
-    ckpt = torch.load(tmp_path / "s" / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt = torch.load(tmp_path / "s" / "checkpoints" / "best.ckpt", weights_only=True)["contract"]
     assert ckpt["threshold_rule"].startswith("sensitivity_0.9, chosen on 24 images of the new site")
     assert ckpt["threshold"] == ckpt["thresholds"]["sensitivity_0.9"]
     res = invoke("adapt", run, "--data", foreign_site, "--out", tmp_path / "c", "--n", "24", "--bootstrap", "0",
                  "--operating-point", "sensitivity", "--target-sensitivity", "0.9", "--target-confidence", "0.9")
     assert res.exit_code == 0, res.output
-    conf = torch.load(tmp_path / "c" / "checkpoints" / "best.ckpt", weights_only=True)
+    conf = torch.load(tmp_path / "c" / "checkpoints" / "best.ckpt", weights_only=True)["contract"]
     assert conf["threshold_rule"].startswith("sensitivity_0.9_conf_0.9, chosen on 24 images")
     assert conf["threshold"] <= ckpt["threshold"]  # a margin for the images it was not chosen on
 

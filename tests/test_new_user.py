@@ -78,7 +78,7 @@ def test_1_label_case_does_not_change_the_normal_class(tiny_data, tmp_path):
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     n_normal_test = sum(r["label"].lower() == "normal" and r["split"] == "test" for r in rows)
     assert m["binary"]["at_0.5"]["n_normal"] == n_normal_test == 4
-    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "best.ckpt", weights_only=True)["contract"]
     assert ckpt["scheme"]["classes"] == ["covid", "normal", "pneumonia"] and ckpt["scheme"]["normal_class"] == "normal"
     assert "class 'normal' is spelt 'Normal' and 'normal'" in res.output
     assert set(pd.read_csv(tmp_path / "r" / "split.csv")["label"]) == {"covid", "normal", "pneumonia"}
@@ -241,7 +241,7 @@ def test_7_calibrate_when_finetuning_gives_the_final_model(tiny_data, tmp_path, 
     if stages == "finetune":
         assert m["final_stage"] == "finetune"
     assert "ece_uncalibrated" in m["calibration"] and (out / "report.html").exists()
-    assert torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["temperature"] == m["calibration"]["temperature"]
+    assert torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["contract"]["temperature"] == m["calibration"]["temperature"]
 
 
 # --- 8. huge images ----------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_multiclass_class_never_contradicts_the_decision():
     from chestxray.data.transforms import Preprocessing
 
     scheme = TaskScheme.build("multiclass", ["covid", "normal", "pneumonia"])
-    p = Predictor(None, scheme, Preprocessing(64, (0.5,) * 3, (0.5,) * 3), threshold=0.3)
+    p = Predictor(model=None, scheme=scheme, preprocessing=Preprocessing(64, (0.5,) * 3, (0.5,) * 3), threshold=0.3)
     probs = torch.tensor([[0.20, 0.60, 0.20], [0.05, 0.90, 0.05], [0.50, 0.10, 0.40], [0.10, 0.35, 0.55]])
     out = p.outputs(probs.log(), quality=np.array(["ok", "ok", "ok", "blank: no radiograph"], dtype=object))
     assert list(out["predicted"]) == ["infected", "normal", "infected", ""]

@@ -63,7 +63,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tiny_data
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming the {stage} stage" in res.stderr
     assert metrics(out) == metrics(uninterrupted)
-    assert json.loads((out / "progress.json").read_text()) == {"done": ["head", "finetune"], "finished": True}
+    assert json.loads((out / "progress.json").read_text()) == {"done": ["head", "finetune"], "finished": True, "schema_version": 1}
 
 
 def test_resume_refuses_another_config_and_a_finished_run(uninterrupted, tmp_path):
@@ -278,7 +278,7 @@ def test_random_kills_always_resume_to_the_same_model(uninterrupted, tiny_data, 
             except subprocess.TimeoutExpired:
                 proc.kill()
         err = proc.communicate(timeout=600)[1]
-        if proc.returncode == 0 or read_progress(out).get("finished"):  # a kill after the run finished: nothing to resume
+        if proc.returncode == 0 or read_progress(out).finished:  # a kill after the run finished: nothing to resume
             break
         assert proc.returncode == -signal.SIGKILL, err[-3000:]  # resumable: the only way it ends is our kill
         kills += 1

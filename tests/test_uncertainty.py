@@ -109,7 +109,7 @@ def test_cli_operating_point_calibration_and_intervals(tiny_data, tmp_path):
     assert lo <= m["binary"]["at_val_threshold"]["accuracy"] <= hi
     assert m["val_threshold"] == m["operating_points"]["sensitivity_0.9"]
     assert "ece_uncalibrated" in m["calibration"] and (out / "plots" / "reliability.png").exists()
-    ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["contract"]
     assert ckpt["threshold"] == m["val_threshold"] and ckpt["temperature"] == m["calibration"]["temperature"]
     # predict uses the stored threshold and temperature
     res = CliRunner().invoke(app, ["predict", str(out), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv")])

@@ -1,9 +1,23 @@
 """chestxray: Infected-vs-Normal chest X-ray classification by two-stage transfer learning.
 
-A research tool, not a diagnostic device.
+A research tool, not a diagnostic device. The public API (`load`, `train`, `evaluate`, `export`, `Model`) lives in
+`chestxray.api` and is imported on first use, so that `import chestxray` stays cheap.
 """
 
-__version__ = "0.1.0"
+from .notices import RESEARCH_NOTE, SYNTHETIC_NOTE
+from .notices import VERSION as __version__
 
-RESEARCH_NOTE = "Research tool, not a diagnostic device."
-SYNTHETIC_NOTE = "SYNTHETIC phantom data: not chest X-rays; figures say nothing about clinical performance"
+__all__ = ["Model", "load", "train", "evaluate", "export", "RESEARCH_NOTE", "SYNTHETIC_NOTE", "__version__"]
+_API = {"Model", "load", "train", "evaluate", "export"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'chestxray' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

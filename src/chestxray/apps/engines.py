@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ChestXrayError
 from ..files import sha256
 from ..models.load import load_predictor
-from ..models.onnx_model import OnnxPredictor, read_contract
+from ..models.onnx_model import OnnxPredictor, read_export
 from ..models.predictor import CheckpointError, Predictor, checkpoint_path
 from .export import export_onnx
 
@@ -35,7 +35,7 @@ def onnx_beside(ckpt: Path) -> Path:
     out = ckpt.with_suffix(".onnx")
     if out.exists():
         try:
-            made_from = (read_contract(out).get("source_checkpoint") or {}).get("sha256")
+            made_from = (read_export(out)[1].get("source_checkpoint") or {}).get("sha256")
         except (CheckpointError, OSError, ValueError):
             made_from = None
         if made_from == sha256(ckpt):

@@ -2,7 +2,7 @@
 
 The graph takes the decoded uint8 image and does the rest of the contract's arithmetic itself
 (scaling, mean and std, temperature, P(infected)); the contract travels in the file's metadata
-(`onnx_model.contract`). Verification runs PyTorch and onnxruntime on the same real images (the run's
+(`onnx_model.metadata`). Verification runs PyTorch and onnxruntime on the same real images (the run's
 validation split unless images are given) and refuses to write the file when P(infected) differs by
 more than the tolerance anywhere.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,16 +24,9 @@ from ..errors import ChestXrayError
 from ..evaluation.model_card import model_card
 from ..files import atomic_path, sha256
 from ..models.load import load_predictor
-from ..models.onnx_model import (
-    CONTRACT_KEY,
-    FORMAT_KEY,
-    INPUT,
-    ONNX_FORMAT,
-    OUTPUTS,
-    OnnxPredictor,
-    contract,
-)
+from ..models.onnx_model import CONTRACT_KEY, INPUT, OUTPUTS, OnnxPredictor, metadata
 from ..models.predictor import Predictor, contract_outputs, run_directory
+from ..rundir import RunDir, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +60,7 @@ def verification_samples(predictor: Predictor, images: list[str] | None, limit: 
     """The given images, or the run's validation images (from its split.csv), at most `limit`."""
     if images:
         return [Sample(p, None) for p in images][:limit]
-    split_csv = run_directory(predictor.checkpoint) / "split.csv"
+    split_csv = RunDir(run_directory(predictor.checkpoint)).split
     if not split_csv.exists():
         raise ExportError(f"{split_csv}: not found, so there are no validation images to verify the export on; "
                           "give images with --images")
@@ -76,8 +68,8 @@ def verification_samples(predictor: Predictor, images: list[str] | None, limit: 
 
 
 def _data_summary(predictor: Predictor) -> dict:
-    metrics = run_directory(predictor.checkpoint) / "metrics.json"
-    counts = json.loads(metrics.read_text()).get("class_counts") if metrics.exists() else None
+    metrics = RunDir(run_directory(predictor.checkpoint)).metrics
+    counts = read_metrics(metrics)[0].class_counts if metrics.exists() else None
     return {"data": predictor.meta.get("data_resolved"), "class_counts": counts}
 
 
@@ -113,8 +105,7 @@ def export_onnx(run: str | Path, out: str | Path, images: list[str] | None = Non
         model.doc_string = (f"chestxray {predictor.meta.get('model_name')} ({predictor.scheme.task}), research use only. "
                             f"Input '{INPUT}': uint8 (batch, 1, {side}, {side}); contract in metadata '{CONTRACT_KEY}'.")
         source_sha = sha256(predictor.checkpoint)
-        for key, value in ((FORMAT_KEY, ONNX_FORMAT),
-                           (CONTRACT_KEY, json.dumps(contract(predictor, source_sha, _data_summary(predictor), model_card(predictor))))):
+        for key, value in metadata(predictor, source_sha, _data_summary(predictor), model_card(predictor)).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(model, str(tmp))

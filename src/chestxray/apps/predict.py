@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.io import list_images
+from ..data.sources import Sample
+from ..models.predictor import Predictor
 from ..errors import ChestXrayError
 from ..files import write_text
 from ..notices import RESEARCH_NOTE
@@ -53,9 +55,15 @@ def check_predictions_out(out: str, run: str, overwrite: bool = False) -> None:
         raise ChestXrayError(f"{path}: exists and holds {whose}; give another --out, or --overwrite to replace it")
 
 
+def prediction_table(predictor: Predictor, samples: list[Sample], skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
+    """The table `chestxray predict` writes (one row per readable image: path, p_infected, predicted, threshold,
+    per-class probabilities, ood_score, out_of_distribution, image_quality, run) and the read errors of skipped files."""
+    df, errors = predictor.predict(samples, skip_bad)
+    return df.assign(run=str(predictor.checkpoint)), errors
+
+
 def write_predictions(df: pd.DataFrame, out: str, fmt: str, run: str) -> str:
     """Write the table as CSV or JSON to `out` ('-': return the text for stdout instead); return what was written."""
-    df = df.assign(run=run)
     if fmt == "json":
         import json
 

@@ -125,11 +125,9 @@ class Service:
 
         self.predictor = load_on(model, engine)
         self.lock = threading.Lock()  # one model call at a time (Grad-CAM hooks the same network)
-        meta = self.predictor.meta
-        source = (meta.get("source_checkpoint") or {}).get("sha256")
-        if source is None:
-            source = sha256(self.predictor.checkpoint)
-        self.model_id = f"{meta.get('model_name')}-{source[:12]}"
+        exported = getattr(self.predictor, "export", None) or {}  # an ONNX file: the checkpoint it came from
+        source = (exported.get("source_checkpoint") or {}).get("sha256") or sha256(self.predictor.checkpoint)
+        self.model_id = f"{self.predictor.meta.get('model_name')}-{source[:12]}"
         self.card = model_card(self.predictor)
         self.batcher = MicroBatcher(self.run_batch, max(1, max_batch), max(0.0, max_wait_ms) / 1000)
 

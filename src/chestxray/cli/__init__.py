@@ -134,44 +134,15 @@ def train(
     overrides: dict = None,
 ):
     """Train a classifier: head stage on the frozen backbone, then fine-tuning; evaluate on test."""
-    from ..jobs.train import train_run
-    from ..training.runstate import (
-        Interrupted,
-        config_differences,
-        interrupts_raise,
-        read_progress,
-    )
+    from ..jobs.train import run_config, train_run
+    from ..training.runstate import Interrupted, interrupts_raise, read_progress
 
     try:
-        if resume:
-            if out and out.resolve() != resume.resolve():
-                raise ChestXrayError(f"--resume {resume} continues that run in place; leave out --out (or give the same folder)")
-            if overwrite:
-                raise ChestXrayError("--resume and --overwrite contradict each other: give one")
-            out = resume
-            if not (resume / "config.yaml").exists():
-                raise ChestXrayError(f"{resume}: not a run directory to resume (no config.yaml)")
-            cfg = Config.load_run(resume / "config.yaml")
-            given = Config.load_run(resume / "config.yaml")  # what is given again must match; what is left out is kept
-            if config:
-                given.update(Config.read_mapping(config), config)
-            given.update(overrides)
-            if given.train.balance == "auto":  # resolved when the run started; config.yaml holds what auto became
-                given.train.balance = cfg.train.balance
-            differ = config_differences(cfg.to_dict(), given.to_dict())
-            if differ:
-                raise ChestXrayError(f"{resume}: a resumed run keeps its config, and these differ: {'; '.join(differ)}. "
-                                     "Leave them out, or start a new run with --out")
-        elif out is None:
-            raise ChestXrayError("give --out RUN_DIR for a new run, or --resume RUN_DIR to continue one")
-        else:
-            cfg = Config.load(config) if config else Config()
-            cfg.update(overrides)
+        cfg, out = run_config(out, resume, config, overrides, overwrite)
         with interrupts_raise():
             metrics = train_run(cfg, out, progress=not quiet, resume=bool(resume), overwrite=overwrite)
     except Interrupted as e:
-        state = read_progress(out) if out and out.exists() else {"done": []}
-        done = ", ".join(state["done"]) or "none"
+        done = ", ".join(read_progress(out).done if out and out.exists() else []) or "none"
         typer.echo(f"\ninterrupted ({e}): stages finished: {done}; an unfinished stage goes on from its last complete epoch. "
                    f"Resume with: chestxray train --resume {out}", err=True)
         raise typer.Exit(e.exit_code)
@@ -338,7 +309,7 @@ def predict(
 ):
     """Predict P(infected), the label at the run's validation threshold, and per-class probabilities."""
     from ..apps.engines import load_on
-    from ..apps.predict import check_predictions_out, expand_paths, write_predictions
+    from ..apps.predict import check_predictions_out, expand_paths, prediction_table, write_predictions
     from ..data.sources import Sample, read_manifest
     from ..models.predictor import checkpoint_path
 
@@ -356,7 +327,10 @@ def predict(
     if not samples:
         raise ChestXrayError("nothing to predict")
     predictor = load_on(run, engine)
-    df, errors = predictor.predict(samples, skip_bad)
+    df, errors = prediction_table(predictor, samples, skip_bad)
+    if df.empty:
+        raise ChestXrayError(f"none of the {len(samples)} image(s) could be read: " + "; ".join(map(str, errors[:3]))
+                             + (" ..." if len(errors) > 3 else ""))
     text = write_predictions(df, out, format, str(predictor.checkpoint))
     to_stdout = out == "-"
     if to_stdout:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ChestXrayError
+from ..rundir import RunDir
 from .io import IMAGE_SUFFIXES, list_images
 from .labels import canonical_label
 
@@ -57,11 +58,8 @@ class Discovered:
     notes: list[str] = field(default_factory=list)  # what was read in an unusual way or left out, for the user to see
 
 
-RUN_MARKERS = ("config.yaml", "progress.json")  # a folder holding one of these is a run directory, never a class
-
-
 def is_run_directory(folder: Path) -> bool:
-    return any((folder / m).exists() for m in RUN_MARKERS)
+    return any((folder / m).exists() for m in RunDir.MARKERS)
 
 
 def _class_folders(split_dir: Path, skipped: list[str]) -> dict[str, list[Path]]:
@@ -70,7 +68,7 @@ def _class_folders(split_dir: Path, skipped: list[str]) -> dict[str, list[Path]]
     out = {}
     for d in classes:
         if is_run_directory(d):
-            skipped.append(f"{d}: a chestxray run directory (it has {' or '.join(RUN_MARKERS)}), not a class folder; left out")
+            skipped.append(f"{d}: a chestxray run directory (it has {' or '.join(RunDir.MARKERS)}), not a class folder; left out")
             continue
         files = list_images(d)
         if not files:
@@ -291,15 +289,3 @@ def carve_validation(
         sss = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
         tr_idx, va_idx = next(sss.split(idx, labels))
     return [train[i] for i in sorted(tr_idx)], [train[i] for i in sorted(va_idx)]
-
-
-def write_split_csv(path: Path, splits: dict[str, list[Sample]]) -> None:
-    """Every image with its split, as a manifest that reads the same from anywhere (absolute paths)."""
-    from ..files import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "path", "label", "patient_id", "source", "view"])
-        for split, samples in splits.items():
-            for s in samples:
-                w.writerow([split, str(Path(s.path).resolve()), s.label or "", s.patient_id or "", s.source or "", s.view or ""])

@@ -5,8 +5,6 @@ never written by hand. An exported ONNX file carries the card of its run in its 
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -14,10 +12,25 @@ from ..files import sha256, write_text
 from ..models.predictor import Predictor, run_directory
 from ..notices import RESEARCH_NOTE
 from ..notices import VERSION as __version__
-from ..rundir import read_evaluations
+from ..rundir import (
+    RunDir,
+    operating_points,
+    read_evaluations,
+    read_metrics,
+    read_split,
+)
 
-POINTS = {"at_val_threshold": "stored threshold (in use)", "at_0.5": "0.5", "at_best_f1": "best F1 on validation",
-          "at_youden": "Youden on validation", "at_sensitivity_0.95": "sensitivity 0.95 on validation"}
+
+def point_label(name: str) -> str:
+    """An operating point's name in words: val_threshold, 0.5, best_f1, youden, sensitivity_T[_conf_C]."""
+    fixed = {"val_threshold": "stored threshold (in use)", "0.5": "0.5", "best_f1": "best F1 on validation",
+             "youden": "Youden on validation"}
+    if name in fixed:
+        return fixed[name]
+    if name.startswith("sensitivity_"):
+        target, _, conf = name[len("sensitivity_"):].partition("_conf_")
+        return f"sensitivity {target}" + (f" (confidence {conf})" if conf else "") + " on validation"
+    return name
 
 
 def _f(v, digits: int = 3) -> str:
@@ -33,12 +46,11 @@ def _split_counts(split_csv: Path) -> list[str]:
     """Rows 'split | class | source | images | patients' from split.csv."""
     if not split_csv.exists():
         return []
-    with open(split_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    images = Counter((r["split"], r.get("label", ""), r.get("source") or "-") for r in rows)
+    rows = read_split(split_csv)
+    images = Counter((r.split, r.label, r.source or "-") for r in rows)
     patients = {k: set() for k in images}
     for r in rows:
-        patients[(r["split"], r.get("label", ""), r.get("source") or "-")].add(r.get("patient_id") or r["path"])
+        patients[(r.split, r.label, r.source or "-")].add(r.patient_id or r.path)
     order = {"train": 0, "val": 1, "test": 2}
     return [f"| {s} | {c} | {src} | {n} | {len(patients[(s, c, src)])} |"
             for (s, c, src), n in sorted(images.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], kv[0][2]))]
@@ -58,16 +70,16 @@ def _external(run_dir: Path) -> list[str]:
 def model_card(predictor: Predictor) -> str:
     """The card of the predictor's run (or the card carried by an exported file)."""
     if predictor.model is None:  # an exported file: the card of its run, as written at export
-        return predictor.meta.get("model_card") or "# Model card\n\nThis exported file carries no model card.\n"
+        return getattr(predictor, "card", None) or "# Model card\n\nThis exported file carries no model card.\n"
     return run_model_card(predictor, run_directory(predictor.checkpoint))
 
 
 def run_model_card(predictor: Predictor, run_dir: Path) -> str:
     meta = predictor.meta
     cfg = meta.get("config") or {}
-    ckpt = predictor.checkpoint or run_dir / "checkpoints" / "best.ckpt"
-    mpath = run_dir / "metrics.json"
-    m = json.loads(mpath.read_text()) if mpath.exists() else {}
+    files = RunDir(run_dir)
+    ckpt = predictor.checkpoint or files.best_checkpoint
+    m = read_metrics(files.metrics)[1] if files.metrics.exists() else {}
     synthetic = bool(meta.get("synthetic"))
     scheme = predictor.scheme
     prep = predictor.preprocessing
@@ -108,7 +120,7 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
         f"Data: `{meta.get('data_resolved') or cfg.get('data', {}).get('data')}`, split patient-level where patient ids exist "
         "(split.csv of the run).", "",
     ]
-    counts = _split_counts(run_dir / "split.csv")
+    counts = _split_counts(files.split)
     if counts:
         lines += ["| split | class | source | images | patients |", "|---|---|---|---|---|", *counts, ""]
     if m:
@@ -123,11 +135,9 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
                      "no test split): optimistic figures, not a test.**"), "",
                   "| operating point | threshold | accuracy | sensitivity | specificity | F1 (infected) | ROC-AUC |",
                   "|---|---|---|---|---|---|---|"]
-        for key, name in POINTS.items():
-            if key in b:
-                r = b[key]
-                lines.append(f"| {name} | {_f(r['threshold'], 4)} | {_ci(r, 'accuracy')} | {_ci(r, 'sensitivity')} | "
-                             f"{_ci(r, 'specificity')} | {_ci(r, 'f1_infected')} | {_ci(r, 'roc_auc')} |")
+        for point, r in operating_points(m).items():
+            lines.append(f"| {point_label(point)} | {_f(r['threshold'], 4)} | {_ci(r, 'accuracy')} | {_ci(r, 'sensitivity')} | "
+                         f"{_ci(r, 'specificity')} | {_ci(r, 'f1_infected')} | {_ci(r, 'roc_auc')} |")
         lines.append("")
         if m.get("per_source"):
             lines += ["### Per source (stored threshold)", "", "| source | images (infected) | ROC-AUC | sensitivity | specificity |",

@@ -10,7 +10,6 @@ on the rest of the site's images, which it never saw. The result is a complete r
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import logging
 import shutil
@@ -35,8 +34,16 @@ from ..evaluation.model_card import write_model_card
 from ..models.calibration import ThresholdRule, fit_temperature
 from ..models.load import load_predictor
 from ..models.predictor import Predictor, checkpoint_path, run_directory
+from ..rundir import (
+    MetricsHeader,
+    RunDir,
+    SplitRow,
+    write_json,
+    write_metrics,
+    write_split,
+)
 from ..training.losses import TaskLoss, balanced_class_weights
-from .evaluate import write_json, write_run_outputs
+from .evaluate import write_run_outputs
 
 
 @dataclass
@@ -229,30 +236,28 @@ def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int | str =
     new.meta = {**new.meta, "adapted_from": str(checkpoint_path(run).resolve()), "data_resolved": str(Path(data).resolve()),
                 "adaptation": {"data": str(data), "n": int(len(adapt_idx)), "all": n is None, "head": head, "seed": seed}}
     out.mkdir(parents=True, exist_ok=True)
-    new.save(out / "checkpoints" / "best.ckpt")
-    run_dir = run_directory(run)
-    if (run_dir / "config.yaml").exists():
-        shutil.copy(run_dir / "config.yaml", out / "config.yaml")
-    with open(out / "split.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "path", "label", "patient_id", "source"])
-        for name, idx in (("adaptation", adapt_idx), ("heldout", held)):
-            w.writerows([name, site.samples[i].path, site.samples[i].label, site.samples[i].patient_id or "",
-                         site.samples[i].source or ""] for i in idx)
-    header = {"data": str(data), "external": False, "synthetic": is_synthetic(data),
-              "model": new.meta.get("model_name"), "stage": new.meta.get("stage"), "val_threshold": new.threshold,
-              "adaptation": {**new.meta["adaptation"], "before": comparison["before"], "after": comparison["after"]}}
+    files, source = RunDir(out), RunDir(run_directory(run))
+    new.save(files.best_checkpoint)
+    if source.config.exists():
+        shutil.copy(source.config, files.config)
+    write_split(files.split, [SplitRow.of(name, site.samples[i]) for name, idx in (("adaptation", adapt_idx), ("heldout", held))
+                              for i in idx])
+    header = MetricsHeader(
+        kind="adaptation", data=str(data), data_resolved=str(Path(data).resolve()), split="heldout", external=False,
+        synthetic=is_synthetic(data), model=new.meta.get("model_name"), stage=new.meta.get("stage"), val_threshold=new.threshold,
+        adaptation={**new.meta["adaptation"], "before": comparison["before"], "after": comparison["after"]})
     if n is None:  # no image left that the adapted model has not seen: the figures are the cross-fitted ones
-        write_json(out / "metrics.json", {**header, "split": "out-of-fold", "notes": [
+        header.split = "out-of-fold"
+        write_metrics(files.metrics, {**header.to_dict(), "notes": [
             "adapted on every labelled image of the site; figures are out of fold: each image scored by a model "
             "adapted on the other folds, at that model's threshold"], "binary": {"at_val_threshold": comparison["after"]}})
     else:
         held_split = predictor.decode([site.samples[i] for i in held], skip_bad)
-        write_run_outputs(out, new, held_split, new_logits[held], {**header, "split": "heldout"}, None, n_boot, seed,
+        write_run_outputs(out, new, held_split, new_logits[held], header, None, n_boot, seed,
                           features=site.features[held])
     write_model_card(new, out)
     result = {"run": str(run), "data": str(data), "n_adaptation": int(len(adapt_idx)), "n_heldout": int(len(held)),
               "all": n is None, "head": head, **comparison, "threshold_before": predictor.threshold,
               "threshold_after": new.threshold, "temperature_after": new.temperature}
-    write_json(out / "adapt.json", result)
+    write_json(files.adaptation, result)
     return result

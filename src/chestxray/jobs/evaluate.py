@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ from ..data.sources import (
     is_synthetic,
     patient_groups,
 )
+from ..errors import ChestXrayError
 from ..evaluation import plots
 from ..evaluation.audit import audit
 from ..evaluation.explain import cam_examples
@@ -36,13 +36,16 @@ from ..files import write_text
 from ..models.load import load_predictor
 from ..models.predictor import Predictor, run_directory
 from ..notices import RESEARCH_NOTE, SYNTHETIC_NOTE
-from ..rundir import record_evaluation
+from ..rundir import (
+    EvaluationRecord,
+    MetricsHeader,
+    RunDir,
+    read_metrics,
+    record_evaluation,
+    write_metrics,
+)
 
 log = logging.getLogger("chestxray")
-
-
-def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def evaluate_logits(predictor: Predictor, logits: torch.Tensor, samples: list[Sample], n_boot: int = 1000, seed: int = 0) -> dict:
@@ -105,7 +108,7 @@ def write_run_outputs(
     predictor: Predictor,
     split: DecodedSplit,
     logits: torch.Tensor,
-    header: dict,
+    header: MetricsHeader,
     history: pd.DataFrame | None = None,
     n_boot: int = 1000,
     seed: int = 0,
@@ -121,20 +124,20 @@ def write_run_outputs(
     outdir.mkdir(parents=True, exist_ok=True)
     plot_dir = outdir / "plots"
     plot_dir.mkdir(exist_ok=True)
-    synthetic = bool(header.get("synthetic"))
+    synthetic = header.synthetic
     note = "SYNTHETIC DATA" if synthetic else None
     table = predictor.table(split, logits, features)  # every image, flagged ones with an empty decision
     quality = table["image_quality"].to_numpy()
     flagged = np.flatnonzero(quality != OK)
     if len(flagged):  # no label, so no place in the figures: counted, named, excluded
         log.warning("%d image(s) without a radiograph's grey levels get no decision and are left out of the metrics "
-                    "(image_quality in predictions-%s.csv)", len(flagged), header.get("split") or "all")
+                    "(image_quality in predictions-%s.csv)", len(flagged), header.split or "all")
         keep = np.flatnonzero(quality == OK)
         split, logits = split.subset(keep), logits[keep]
         features = features[keep] if features is not None else None
     log.info("metrics of %d %s images with 95%% intervals (%d bootstrap resamples)", len(split.samples),
-             header.get("split") or "", n_boot)
-    metrics = {**header, "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if synthetic else []),
+             header.split or "", n_boot)
+    metrics = {**header.to_dict(), "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if synthetic else []),
                "image_quality": {"n_flagged": int(len(flagged)), "excluded_from_metrics": True,
                                  "flagged": [{"path": table["path"].iloc[i], "reason": quality[i]} for i in flagged]},
                **evaluate_logits(predictor, logits, split.samples, n_boot, seed)}
@@ -146,7 +149,7 @@ def write_run_outputs(
         metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits)
     log.info("plots, Grad-CAM examples and the report")
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
-    plots.roc_pr(y, p, plot_dir, f"{header.get('split', '')} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)
+    plots.roc_pr(y, p, plot_dir, f"{header.split} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)
     cm = metrics["binary"]["at_val_threshold"]["confusion_matrix"]
     plots.confusion(cm["rows_true_cols_pred"], cm["labels"], plot_dir / "confusion.png", f"threshold {predictor.threshold:.3f}")
     if "multiclass" in metrics:
@@ -156,8 +159,8 @@ def write_run_outputs(
         plots.learning_curves(history, plot_dir / "learning_curves.png", note)
     if summarise is not None:
         metrics["summary"] = summarise(metrics)
-    write_json(outdir / "metrics.json", metrics)
-    write_text(outdir / f"predictions-{header.get('split') or 'all'}.csv", table.to_csv(index=False))
+    write_metrics(outdir / "metrics.json", metrics)
+    write_text(RunDir(outdir).predictions(header.split), table.to_csv(index=False))
     write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits) if predictor.model is not None else [])  # Grad-CAM needs PyTorch
     return metrics
 
@@ -180,9 +183,9 @@ def claim_evaluation_folder(out: Path, data: str | Path, split: str, overwrite: 
     if not earlier.exists():
         return
     try:
-        m = json.loads(earlier.read_text())
-        same = m.get("data_resolved") == str(Path(data).resolve()) and m.get("split") == split
-    except (OSError, ValueError):
+        header = read_metrics(earlier)[0]
+        same = header.data_resolved == str(Path(data).resolve()) and header.split == split
+    except (OSError, ValueError, ChestXrayError):
         same = False
     if not (same or overwrite):
         raise DataError(f"{out}: holds another evaluation ({earlier}); give --name or another --out, or --overwrite to replace it")
@@ -216,21 +219,13 @@ def evaluate_run(
     logits, features = predictor.forward(decoded.images, desc=f"scoring {split}")
     # the same files in another form (folder vs its manifest) still count as the training data
     roots = {p if p.is_dir() else p.parent for p in (predictor.training_data, Path(data).resolve())}
-    history_path = run_dir / "history.csv"
-    header = {
-        "data": str(data),
-        "data_resolved": str(Path(data).resolve()),
-        "split": split,
-        "external": len(roots) != 1,
-        "synthetic": is_synthetic(data),
-        "model": predictor.meta.get("model_name"),
-        "stage": predictor.meta.get("stage"),
-        "val_threshold": predictor.threshold,
-        "unreadable_skipped": [str(e) for e in decoded.errors],
-    }
+    history_path = RunDir(run_dir).history
+    header = MetricsHeader(
+        kind="evaluation", data=str(data), data_resolved=str(Path(data).resolve()), split=split, external=len(roots) != 1,
+        synthetic=is_synthetic(data), model=predictor.meta.get("model_name"), stage=predictor.meta.get("stage"),
+        val_threshold=predictor.threshold, unreadable_skipped=[str(e) for e in decoded.errors])
     history = pd.read_csv(history_path) if history_path.exists() else None
     metrics = write_run_outputs(out, predictor, decoded, logits, header, history, n_boot, seed, features=features,
                                 with_audit=with_audit)
-    record_evaluation(run_dir, {"out": str(out.resolve()), "data": str(data), "data_resolved": header["data_resolved"],
-                                "split": split, "external": header["external"]})
+    record_evaluation(run_dir, EvaluationRecord(str(out.resolve()), str(data), split, header.external, header.data_resolved))
     return metrics, out

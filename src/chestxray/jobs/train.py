@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..config import Config
 from ..data.sources import class_counts
+from ..errors import ChestXrayError
 from ..evaluation.metrics import binary_metrics
 from ..evaluation.model_card import write_model_card
 from ..evaluation.summary import ci_line, summary_table
@@ -22,7 +23,8 @@ from ..models.backbones import get_spec
 from ..models.calibration import ThresholdRule, fit_temperature
 from ..models.ood import FeatureDensity
 from ..notices import SYNTHETIC_NOTE
-from ..training.runstate import mark_progress, run_lock
+from ..rundir import MetricsHeader, RunDir
+from ..training.runstate import config_differences, mark_progress, run_lock
 from ..training.stages import (
     Run,
     contract_features,
@@ -35,6 +37,38 @@ from ..training.stages import (
 from .evaluate import write_run_outputs
 
 log = logging.getLogger("chestxray")
+
+
+def run_config(out: Path | None, resume: Path | None, config: Path | None, overrides: dict, overwrite: bool = False
+               ) -> tuple[Config, Path]:
+    """(the config to train with, the run directory) for a new run (`out`: defaults, then the `config` file, then
+    `overrides`) or for continuing `resume` in place (its own config.yaml; what is given again must match it)."""
+    if resume:
+        resume = Path(resume)
+        if out and Path(out).resolve() != resume.resolve():
+            raise ChestXrayError(f"--resume {resume} continues that run in place; leave out --out (or give the same folder)")
+        if overwrite:
+            raise ChestXrayError("--resume and --overwrite contradict each other: give one")
+        files = RunDir(resume)
+        if not files.config.exists():
+            raise ChestXrayError(f"{resume}: not a run directory to resume (no config.yaml)")
+        cfg = Config.load_run(files.config)
+        given = Config.load_run(files.config)  # what is given again must match; what is left out is kept
+        if config:
+            given.update(Config.read_mapping(config), config)
+        given.update(overrides)
+        if given.train.balance == "auto":  # resolved when the run started; config.yaml holds what auto became
+            given.train.balance = cfg.train.balance
+        differ = config_differences(cfg.to_dict(), given.to_dict())
+        if differ:
+            raise ChestXrayError(f"{resume}: a resumed run keeps its config, and these differ: {'; '.join(differ)}. "
+                                 "Leave them out, or start a new run with --out")
+        return cfg, resume
+    if out is None:
+        raise ChestXrayError("give --out RUN_DIR for a new run, or --resume RUN_DIR to continue one")
+    cfg = Config.load(config) if config else Config()
+    cfg.update(overrides)
+    return cfg, Path(out)
 
 
 def train_run(cfg: Config, out: str | Path, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict:
@@ -113,23 +147,16 @@ def choose_final_model(run: Run, results: dict) -> None:
 def finalise_run(run: Run, results: dict) -> dict:
     """The final checkpoint, history.csv, and metrics, plots and report of the evaluation split."""
     predictor, final, split = run.predictor, run.predictor.meta["stage"], run.eval_split
-    predictor.save(run.out / "checkpoints" / "best.ckpt")
+    files = RunDir(run.out)
+    predictor.save(files.best_checkpoint)
     history = pd.concat(run.histories, ignore_index=True) if run.histories else pd.DataFrame()
-    write_text(run.out / "history.csv", history.to_csv(index=False))
-    header = {
-        "data": run.cfg.data.data,
-        "split": split,
-        "external": False,
-        "synthetic": run.synthetic,
-        "model": run.cfg.model.model,
-        "weights_origin": run.origin,
-        "final_stage": final,
-        "val_threshold": predictor.threshold,
-        "val_threshold_rule": predictor.threshold_rule.split(",")[0],
-        "class_counts": {k: class_counts(d.samples) for k, d in run.decoded.items()},
-        "unreadable_skipped": [str(e) for d in run.decoded.values() for e in d.errors],
-        "stages": results,
-    }
+    write_text(files.history, history.to_csv(index=False))
+    header = MetricsHeader(
+        kind="train", data=run.cfg.data.data, data_resolved=predictor.meta["data_resolved"], split=split, external=False,
+        synthetic=run.synthetic, model=run.cfg.model.model, weights_origin=run.origin, final_stage=final,
+        val_threshold=predictor.threshold, val_threshold_rule=predictor.threshold_rule.split(",")[0],
+        class_counts={k: class_counts(d.samples) for k, d in run.decoded.items()},
+        unreadable_skipped=[str(e) for d in run.decoded.values() for e in d.errors], stages=results)
     metrics = write_run_outputs(
         run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
         run.cfg.train.bootstrap, run.cfg.train.seed, lambda m: summarise(results, m, final, split, run.synthetic),

@@ -1,9 +1,11 @@
 """The model contract in an ONNX file, and a Predictor that runs it on onnxruntime.
 
 An exported file holds the network with its input normalisation, temperature and P(infected) inside
-the graph, and the rest of the contract (classes, task scheme, preprocessing, operating points and the
-threshold in use, the out-of-distribution density, where it came from) as JSON in the metadata key
-`chestxray.contract`. The file alone is enough to predict as `chestxray predict RUN` does.
+the graph; the model contract (`Predictor.contract()`: classes, task scheme, preprocessing, operating points and the
+threshold in use, the out-of-distribution density, the run's options and data), the same dict the checkpoint stores,
+as JSON in the metadata key `chestxray.contract`; what the export itself adds (input and outputs, the checkpoint it
+came from) in `chestxray.export`, and the run's model card in `chestxray.model_card`. The file alone is enough to
+predict as `chestxray predict RUN` does.
 
 Graph input `image`: uint8, shape (batch, 1, img_size, img_size): the decoded grayscale image after the
 preprocessing's resize rule (and per-image intensity step, if any). Outputs: `logits` (before
@@ -15,63 +17,49 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.datamodule import DecodedDataset, make_loader
-from ..data.labels import TaskScheme
-from ..data.transforms import Preprocessing
-from .ood import FeatureDensity
 from .predictor import BATCH_SIZE, CheckpointError, Predictor
 
 log = logging.getLogger("chestxray")
 
-ONNX_FORMAT = "chestxray-onnx-1"
-CONTRACT_KEY = "chestxray.contract"
+ONNX_FORMAT = "chestxray-onnx-2"
+LEGACY_FORMAT = "chestxray-onnx-1"  # before the contract was one dict: its fields and the export's mixed
 FORMAT_KEY = "chestxray.format"
+CONTRACT_KEY = "chestxray.contract"  # `Predictor.contract()`, the same dict the checkpoint stores
+EXPORT_KEY = "chestxray.export"  # the graph's input and outputs, the checkpoint it came from, a summary of its data
+CARD_KEY = "chestxray.model_card"  # the run's model card as it was at export
 INPUT = "image"
 OUTPUTS = ("logits", "probabilities", "p_infected", "features")
 
 
-def contract(predictor: Predictor, source_sha256: str, data_summary: dict | None = None, card: str | None = None) -> dict:
-    """Everything a consumer needs besides the graph, as plain JSON values."""
-    meta = predictor.meta
-    ood = predictor.ood
+def export_info(predictor: Predictor, source_sha256: str, data_summary: dict | None = None) -> dict:
+    """What the file says about itself besides the contract, as plain JSON values."""
+    side = predictor.preprocessing.img_size
     return {
-        "format": ONNX_FORMAT,
-        "scheme": predictor.scheme.to_dict(),
-        "output_names": list(predictor.scheme.output_names),
-        "preprocessing": predictor.preprocessing.to_dict(),
-        "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", 1, predictor.preprocessing.img_size,
-                                                             predictor.preprocessing.img_size]},
+        "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", 1, side, side]},
         "outputs": list(OUTPUTS),
-        "temperature": predictor.temperature,
-        "threshold": predictor.threshold,
-        "threshold_rule": predictor.threshold_rule,
-        "thresholds": predictor.thresholds,
-        "model_name": meta.get("model_name"),
-        "timm_name": meta.get("timm_name"),
-        "stage": meta.get("stage"),
-        "weights_origin": meta.get("weights_origin"),
-        "synthetic": bool(meta.get("synthetic")),
-        "data": meta.get("data_resolved"),
-        "data_summary": data_summary or {},
-        "config": meta.get("config"),
+        "output_names": list(predictor.scheme.output_names),
         "source_checkpoint": {"path": str(predictor.checkpoint) if predictor.checkpoint else None, "sha256": source_sha256},
-        "ood": None if ood is None else {
-            "method": ood.to_dict()["method"], "mean": ood.mean.tolist(), "components": ood.components.tolist(),
-            "precision": ood.precision.tolist(), "residual_var": ood.residual_var, "threshold": ood.threshold,
-            "quantile": ood.quantile},
-        "model_card": card,
+        "data_summary": data_summary or {},
         "note": "Research use only; not a diagnostic device.",
     }
 
 
-def read_contract(path: str | Path) -> dict:
-    """The contract stored in an exported file (refuses files that are not chestxray exports)."""
+def metadata(predictor: Predictor, source_sha256: str, data_summary: dict | None, card: str | None) -> dict[str, str]:
+    """The metadata entries of an exported file."""
+    return {FORMAT_KEY: ONNX_FORMAT, CONTRACT_KEY: json.dumps(predictor.contract()),
+            EXPORT_KEY: json.dumps(export_info(predictor, source_sha256, data_summary)), CARD_KEY: card or ""}
+
+
+def read_export(path: str | Path) -> tuple[dict, dict, str | None]:
+    """(the contract, the export's own information, the model card) stored in an exported file; refuses files that
+    are not chestxray exports. Files of the earlier format are read into the same shape."""
     import onnx
 
     path = Path(path)
@@ -80,17 +68,37 @@ def read_contract(path: str | Path) -> dict:
     except Exception as e:  # protobuf raises several types on garbage
         raise CheckpointError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from e
     props = {p.key: p.value for p in model.metadata_props}
-    if props.get(FORMAT_KEY) != ONNX_FORMAT or CONTRACT_KEY not in props:
+    fmt = props.get(FORMAT_KEY)
+    if fmt not in (ONNX_FORMAT, LEGACY_FORMAT) or CONTRACT_KEY not in props:
         raise CheckpointError(f"{path}: an ONNX file without a chestxray contract (write it with `chestxray export`)")
-    return json.loads(props[CONTRACT_KEY])
+    if fmt == LEGACY_FORMAT:
+        return legacy_export(json.loads(props[CONTRACT_KEY]))
+    return json.loads(props[CONTRACT_KEY]), json.loads(props.get(EXPORT_KEY) or "{}"), props.get(CARD_KEY) or None
 
 
-@dataclass
+def read_contract(path: str | Path) -> dict:
+    """The model contract stored in an exported file."""
+    return read_export(path)[0]
+
+
+def legacy_export(c: dict) -> tuple[dict, dict, str | None]:
+    """A chestxray-onnx-1 file's one dict, split as files are written now (its data path was stored as 'data')."""
+    meta = {k: c.get(k) for k in ("model_name", "timm_name", "stage", "weights_origin", "config", "synthetic")}
+    meta["data_resolved"] = c.get("data")
+    contract = {"contract_version": 0, "meta": meta, **{k: c.get(k) for k in (
+        "scheme", "preprocessing", "temperature", "threshold", "threshold_rule", "thresholds", "ood")}}
+    info = {k: c.get(k) for k in ("input", "outputs", "output_names", "source_checkpoint", "data_summary", "note")}
+    return contract, info, c.get("model_card")
+
+
+@dataclass(kw_only=True)
 class OnnxPredictor(Predictor):
     """A Predictor whose forward pass runs on onnxruntime; every other number (temperature, threshold,
     decisions, out-of-distribution flag) goes through the same code as the PyTorch one."""
 
     session: object = None
+    export: dict = field(default_factory=dict)  # `export_info`: input, outputs, source checkpoint, data summary
+    card: str | None = None  # the run's model card as it was at export
 
     @classmethod
     def load(cls, path: str | Path) -> "OnnxPredictor":
@@ -99,21 +107,12 @@ class OnnxPredictor(Predictor):
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such ONNX file")
-        c = read_contract(path)
+        contract, info, card = read_export(path)
         try:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:
             raise CheckpointError(f"{path}: onnxruntime cannot load it ({e})") from e
-        ood = c.get("ood")
-        density = None if not ood else FeatureDensity(
-            np.asarray(ood["mean"], np.float64), np.asarray(ood["components"], np.float64),
-            np.asarray(ood["precision"], np.float64), float(ood["residual_var"]), float(ood["threshold"]),
-            float(ood["quantile"]))
-        own = {"scheme", "preprocessing", "threshold", "threshold_rule", "thresholds", "temperature", "ood"}
-        meta = {k: v for k, v in c.items() if k not in own}
-        return cls(None, TaskScheme.from_dict(c["scheme"]), Preprocessing.from_dict(c["preprocessing"]),
-                   float(c["threshold"]), dict(c.get("thresholds") or {}), c.get("threshold_rule", ""),
-                   float(c.get("temperature", 1.0)), meta, path.resolve(), density, session)
+        return cls.from_contract(contract, model=None, checkpoint=path.resolve(), session=session, export=info, card=card)
 
     def run_graph(self, images, *names: str, desc: str | None = None) -> np.ndarray | tuple[np.ndarray, ...]:
         """The graph's named outputs for decoded (N, S, S) uint8 images, in batches of the usual size."""

@@ -48,7 +48,7 @@ class FeatureDensity:
         return density
 
     def score(self, feats: np.ndarray) -> np.ndarray:
-        centred = np.asarray(feats, dtype=np.float64) - self.mean
+        centred = np.asarray(feats, dtype=np.float64).reshape(-1, len(self.mean)) - self.mean  # no image: (0, D)
         z = centred @ self.components.T
         residual = ((centred - z @ self.components) ** 2).sum(1)
         return np.sqrt(np.einsum("ij,jk,ik->i", z, self.precision, z) + residual / self.residual_var)
@@ -57,13 +57,19 @@ class FeatureDensity:
         return np.asarray(scores) > self.threshold
 
     def to_dict(self) -> dict:
-        """Tensors and plain values only, so that checkpoints load with weights_only=True."""
-        return {"method": METHOD, "mean": torch.from_numpy(self.mean.astype(np.float32)),
-                "components": torch.from_numpy(self.components.astype(np.float32)),
-                "precision": torch.from_numpy(self.precision.astype(np.float32)),
-                "residual_var": self.residual_var, "threshold": self.threshold, "quantile": self.quantile}
+        """Plain values (lists of float32-rounded numbers): JSON for the model contract, and loadable with weights_only."""
+        def plain(a: np.ndarray) -> list:
+            return a.astype(np.float32).astype(np.float64).tolist()
+
+        return {"method": METHOD, "mean": plain(self.mean), "components": plain(self.components),
+                "precision": plain(self.precision), "residual_var": float(self.residual_var),
+                "threshold": float(self.threshold), "quantile": float(self.quantile)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureDensity":
-        return cls(d["mean"].double().numpy(), d["components"].double().numpy(), d["precision"].double().numpy(),
+        """From `to_dict` (lists), or from checkpoints written before it (tensors)."""
+        def array(v) -> np.ndarray:
+            return v.double().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=np.float64)
+
+        return cls(array(d["mean"]), array(d["components"]), array(d["precision"]),
                    float(d["residual_var"]), float(d["threshold"]), float(d["quantile"]))

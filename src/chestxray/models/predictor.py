@@ -9,6 +9,7 @@ taken on the forward pass that `predict` runs.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,11 @@ from .folding import folded_copy
 from .ood import FeatureDensity
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
+CONTRACT_VERSION = 1  # of `Predictor.contract()`; readers take every version up to theirs
+# what a run says about its model besides the numbers (`Predictor.meta`): architecture, final stage, weights' origin,
+# options, data; an adapted model adds where it came from and its adaptation
+META_KEYS = ("model_name", "timm_name", "stage", "weights_origin", "config", "synthetic", "data_resolved",
+             "adapted_from", "adaptation")
 log = logging.getLogger("chestxray")
 BATCH_SIZE = 64  # one batch size everywhere: kernels chosen per batch shape could differ in the last bits
 
@@ -52,16 +58,16 @@ def contract_outputs(model: nn.Module, views: list[torch.Tensor]) -> tuple[torch
     return logits, features
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Predictor:
-    model: nn.Module
+    model: nn.Module | None  # None where another runtime runs the network (OnnxPredictor)
     scheme: TaskScheme
     preprocessing: Preprocessing
     threshold: float = 0.5
     thresholds: dict[str, float] = field(default_factory=dict)  # operating points chosen on validation
     threshold_rule: str = "0.5"
     temperature: float = 1.0
-    meta: dict = field(default_factory=dict)  # model name, stage, config, data, weights origin
+    meta: dict = field(default_factory=dict)  # META_KEYS: model name, stage, config, data, weights origin
     checkpoint: Path | None = None  # the file it was loaded from
     ood: FeatureDensity | None = None  # how unlike the training images an image is (fitted at the end of training)
     _inference: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (weights' state, network)
@@ -216,46 +222,70 @@ class Predictor:
         """The training data's absolute path (resolved when the run was trained, not against today's directory)."""
         return Path(self.meta.get("data_resolved") or self.meta["config"]["data"]["data"]).resolve()
 
-    # --- checkpoint ------------------------------------------------------------------------------
+    # --- the contract and the checkpoint ---------------------------------------------------------
 
-    def save(self, path: Path) -> None:
-        """Atomically, with a size and SHA-256 record beside it (files.save_checked)."""
-        save_checked({
-            "format": CHECKPOINT_FORMAT,
-            "state_dict": self.model.state_dict(),
+    def contract(self) -> dict:
+        """Everything needed to use the model correctly besides its weights, as JSON values: the task scheme, the
+        preprocessing, the temperature, the operating points and the threshold in use, the out-of-distribution
+        density, and `meta`. The checkpoint and the ONNX file store this same dict; `from_contract` reads it."""
+        return json.loads(json.dumps({
+            "contract_version": CONTRACT_VERSION,
             "scheme": self.scheme.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
-            "threshold": self.threshold,
+            "temperature": float(self.temperature),
+            "threshold": float(self.threshold),
             "threshold_rule": self.threshold_rule,
-            "thresholds": self.thresholds,
-            "temperature": self.temperature,
-            **({"ood": self.ood.to_dict()} if self.ood is not None else {}),
-            **self.meta,
-        }, path)
+            "thresholds": {k: float(v) for k, v in self.thresholds.items()},
+            "ood": None if self.ood is None else self.ood.to_dict(),
+            "meta": {k: self.meta[k] for k in META_KEYS if k in self.meta},
+        }))
+
+    @classmethod
+    def from_contract(cls, contract: dict, **runtime) -> "Predictor":
+        """The predictor of a contract (`runtime`: the network or session and where it was loaded from)."""
+        version = contract.get("contract_version", 0)
+        if version > CONTRACT_VERSION:
+            raise CheckpointError(f"{runtime.get('checkpoint')}: a model contract of version {version}, newer than this "
+                                  f"chestxray reads ({CONTRACT_VERSION}); update chestxray")
+        return cls(
+            scheme=TaskScheme.from_dict(contract["scheme"]), preprocessing=Preprocessing.from_dict(contract["preprocessing"]),
+            threshold=float(contract["threshold"]), thresholds=dict(contract.get("thresholds") or {}),
+            threshold_rule=contract.get("threshold_rule", ""), temperature=float(contract.get("temperature", 1.0)),
+            meta=dict(contract.get("meta") or {}),
+            ood=FeatureDensity.from_dict(contract["ood"]) if contract.get("ood") else None, **runtime)
+
+    def save(self, path: Path) -> None:
+        """The weights and the contract, atomically, with a size and SHA-256 record beside it (files.save_checked)."""
+        save_checked({"format": CHECKPOINT_FORMAT, "state_dict": self.model.state_dict(), "contract": self.contract()}, path)
 
     @classmethod
     def load(cls, run_or_ckpt: str | Path) -> "Predictor":
-        """From a run directory or its checkpoints/best.ckpt (`inference.load.load_predictor` also takes .onnx files)."""
+        """From a run directory or its checkpoints/best.ckpt (`models.load.load_predictor` also takes .onnx files)."""
         path = checkpoint_path(run_or_ckpt)
         ckpt = load_checked(path, "chestxray checkpoint", CheckpointError)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
                 f"{path}: not a chestxray checkpoint (expected checkpoints/best.ckpt written by `chestxray train`)"
             )
-        scheme = TaskScheme.from_dict(ckpt["scheme"])
-        model = timm.create_model(ckpt["timm_name"], pretrained=False, num_classes=scheme.num_outputs)
+        contract = ckpt.get("contract") or legacy_contract(ckpt)
+        scheme = TaskScheme.from_dict(contract["scheme"])
+        timm_name = contract["meta"]["timm_name"]
+        model = timm.create_model(timm_name, pretrained=False, num_classes=scheme.num_outputs)
         try:
             model.load_state_dict(ckpt["state_dict"])
         except RuntimeError as e:
-            raise CheckpointError(f"{path}: weights do not fit {ckpt['timm_name']}: {e}") from e
+            raise CheckpointError(f"{path}: weights do not fit {timm_name}: {e}") from e
         model.eval()
-        own = {"format", "state_dict", "scheme", "preprocessing", "threshold", "threshold_rule", "thresholds", "temperature", "ood"}
-        return cls(
-            model, scheme, Preprocessing.from_dict(ckpt.get("preprocessing") or ckpt),  # older checkpoints: top level
-            float(ckpt["threshold"]), dict(ckpt.get("thresholds") or {}), ckpt.get("threshold_rule", ""),
-            float(ckpt.get("temperature", 1.0)), {k: v for k, v in ckpt.items() if k not in own}, path.resolve(),
-            FeatureDensity.from_dict(ckpt["ood"]) if ckpt.get("ood") else None,
-        )
+        return cls.from_contract(contract, model=model, checkpoint=path.resolve())
+
+
+def legacy_contract(ckpt: dict) -> dict:
+    """The contract of a checkpoint written before contracts were versioned (its fields at the top level)."""
+    own = {"format", "state_dict", "scheme", "preprocessing", "threshold", "threshold_rule", "thresholds", "temperature", "ood"}
+    return {"contract_version": 0, "scheme": ckpt["scheme"], "preprocessing": ckpt.get("preprocessing") or ckpt,
+            "temperature": ckpt.get("temperature", 1.0), "threshold": ckpt["threshold"],
+            "threshold_rule": ckpt.get("threshold_rule", ""), "thresholds": ckpt.get("thresholds") or {},
+            "ood": ckpt.get("ood"), "meta": {k: v for k, v in ckpt.items() if k not in own}}
 
 
 def run_directory(model: str | Path) -> Path:

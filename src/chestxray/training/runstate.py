@@ -13,7 +13,6 @@ half-written, random state that travels with them, and interruptions that say ho
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -28,11 +27,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from ..errors import ChestXrayError
-from ..files import checksum_path, load_checked, save_checked, write_text
+from ..files import checksum_path, load_checked, save_checked
+from ..rundir import Progress, RunDir
 
 log = logging.getLogger(__name__)
 
-PROGRESS = "progress.json"
 KILL_AFTER_ENV = "CHESTXRAY_KILL_AFTER"  # "stage:epoch": SIGKILL itself after that epoch's checkpoint (crash tests)
 
 
@@ -140,19 +139,16 @@ def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def read_progress(out: Path) -> dict:
-    path = out / PROGRESS
-    return json.loads(path.read_text()) if path.exists() else {"done": [], "finished": False}
+def read_progress(out: Path) -> Progress:
+    return Progress.read(RunDir(out).progress)
 
 
-def mark_progress(out: Path, **changes) -> None:
+def mark_progress(out: Path, done: list[str] = (), finished: bool | None = None) -> None:
     state = read_progress(out)
-    for k, v in changes.items():
-        if k == "done":
-            state["done"] = [*state["done"], *[s for s in v if s not in state["done"]]]
-        else:
-            state[k] = v
-    write_text(out / PROGRESS, json.dumps(state, indent=2))
+    state.done = [*state.done, *[s for s in done if s not in state.done]]
+    if finished is not None:
+        state.finished = finished
+    state.write(RunDir(out).progress)
 
 
 def config_differences(saved: dict, given: dict, prefix: str = "") -> list[str]:

@@ -9,7 +9,6 @@ writing the results is the train job's (`jobs.train`).
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import os
 import shutil
@@ -39,7 +38,6 @@ from ..data.sources import (
     carve_validation,
     discover,
     is_synthetic,
-    write_split_csv,
 )
 from ..data.transforms import Preprocessing
 from ..files import load_checked, write_text
@@ -53,6 +51,14 @@ from ..models.features import (
 )
 from ..models.predictor import Predictor
 from ..notices import SYNTHETIC_NOTE
+from ..rundir import (
+    RunDir,
+    SkippedFile,
+    read_split,
+    split_rows,
+    write_skipped,
+    write_split,
+)
 from .losses import TaskLoss, balance_weights, balanced_class_weights
 from .module import ClassifierModule
 from .progress import progress_callbacks
@@ -272,7 +278,7 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
                           "read as images of a class by the next run; give an --out outside it")
     if launched_as_global_zero():
         claim_run_dir(out, resume, overwrite)
-        if resume and read_progress(out).get("finished"):
+        if resume and read_progress(out).finished:
             raise RunDirError(f"{out}: this run finished; there is nothing to resume")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device banners and tips
     warnings.filterwarnings("ignore", ".*treespec.*")
@@ -282,30 +288,28 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     splits, scheme = prepare_splits(cfg)
     cfg = with_balance_resolved(cfg, splits["train"])
     synthetic = is_synthetic(cfg.data.data)
-    if writer and resume and (out / "split.csv").exists():
-        check_same_split(out / "split.csv", splits)
+    files = RunDir(out)
+    if writer and resume and files.split.exists():
+        check_same_split(files.split, splits)
     elif writer:  # config.yaml first: a run killed from here on can be resumed (split.csv is written again if missing)
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
-            cfg.save(out / "config.yaml")
-        write_split_csv(out / "split.csv", splits)
+            cfg.save(files.config)
+        write_split(files.split, split_rows(splits))
         if synthetic:
-            (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_NOTE + "\n")
+            write_text(files.synthetic_marker, SYNTHETIC_NOTE + "\n")
     # weights before decoding: a missing weights file should stop the run before any slow work
     model, origin = create_model(cfg.model.model, scheme.num_outputs, cfg.model.weights, cfg.model.pretrained, cfg.model.dropout)
     decoded = {k: decode_split(v, cfg.data.img_size, cfg.data.skip_bad, f"decoding {k}", cfg.data.cache_dir) for k, v in splits.items()}
     errors = [e for d in decoded.values() for e in d.errors]
     if errors and writer:
-        with open(out / "skipped.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "reason"])
-            w.writerows([e.path, e.reason] for e in errors)
-        log.warning("skipped %d unreadable files, listed in %s", len(errors), out / "skipped.csv")
+        write_skipped(files.skipped, [SkippedFile(str(e.path), e.reason) for e in errors])
+        log.warning("skipped %d unreadable files, listed in %s", len(errors), files.skipped)
     for k in ("train", "val"):
         if len(decoded[k].samples) == 0:
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
     prep = Preprocessing(cfg.data.img_size, *normalisation(model), intensity=cfg.data.intensity, tta=cfg.data.tta)
-    run = Run(cfg, out, writer, scheme, decoded, Predictor(model, scheme, prep), origin,
+    run = Run(cfg, out, writer, scheme, decoded, Predictor(model=model, scheme=scheme, preprocessing=prep), origin,
               resolve_precision(cfg.train.precision), synthetic, resume=resume)
     if cfg.train.class_weights:
         run.class_weights = balanced_class_weights(scheme.task, list(run.targets("train")), scheme.num_outputs)
@@ -389,7 +393,7 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
     # each stage starts from the same random state, whatever ran before it (a cold or a warm feature cache)
     L.seed_everything(run.cfg.train.seed + STAGES.index(stage), workers=True, verbose=False)
     ckpt_dir = run.out / "checkpoints" / stage
-    done = run.resume and stage in read_progress(run.out)["done"]
+    done = run.resume and stage in read_progress(run.out).done
     if done:  # finished before the interruption: its best weights, scored again below (the same forward pass)
         best = load_checked(ckpt_dir / "best.ckpt", f"{stage} checkpoint", TrainingCheckpointError)["state_dict"]
         run.model.load_state_dict({k[len("model."):]: v for k, v in best.items() if k.startswith("model.")})
@@ -464,11 +468,12 @@ def stage_criterion(run: Run) -> TaskLoss:
 
 def check_same_split(path: Path, splits: dict) -> None:
     """A resumed run must see the data it started with: the same images in the same splits."""
-    from ..data.sources import read_manifest
-
-    saved = read_manifest(path).splits
     now = {k: sorted(str(Path(s.path).resolve()) for s in v) for k, v in splits.items()}
-    before = {k: sorted(str(Path(s.path).resolve()) for s in v) for k, v in saved.items() if k in now}
+    before = {k: [] for k in now}
+    for row in read_split(path):
+        if row.split in now:
+            before[row.split].append(str(Path(row.path).resolve()))
+    before = {k: sorted(v) for k, v in before.items()}
     if now != before:
         raise RunDirError(f"{path}: the data changed since the run started (other images or splits); "
                           "a resumed run must train on the same data; start a new run with --out")

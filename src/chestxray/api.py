@@ -1,0 +1,105 @@
+"""The public Python API: the jobs the CLI runs, with the CLI's numbers.
+
+    import chestxray
+
+    model = chestxray.load("runs/default")          # a run directory, its checkpoint, or an exported .onnx file
+    table = model.predict(["scan1.png", "folder/"])  # a pandas DataFrame: the columns of `chestxray predict`
+    metrics = chestxray.train("data/", "runs/r1", img_size=224, stages="head", epochs_head=10)
+    metrics, folder = chestxray.evaluate("runs/r1", "other-site/labels.csv")
+    chestxray.export("runs/r1", "r1.onnx")
+
+A research tool, not a diagnostic device: every figure carries its data, split and intervals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .apps.engines import load_on
+from .apps.export import TOLERANCE, VERIFY_IMAGES, export_onnx
+from .apps.predict import expand_paths, prediction_table
+from .data.sources import Sample
+from .errors import ChestXrayError
+from .jobs.evaluate import evaluate_run
+from .jobs.train import run_config, train_run
+from .models.predictor import Predictor
+
+
+class Model:
+    """A trained model ready to use: its contract (classes, preprocessing, temperature, threshold, out-of-distribution
+    density) and the runtime that runs it (PyTorch, or onnxruntime for an exported file or `engine='onnx'`)."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint or .onnx file it was loaded from."""
+        return self.predictor.checkpoint
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.predictor.scheme.classes)
+
+    @property
+    def threshold(self) -> float:
+        """The threshold on P(infected) in use, chosen on the run's validation images."""
+        return self.predictor.threshold
+
+    def contract(self) -> dict:
+        """The model contract as JSON values (what the checkpoint and the ONNX file store)."""
+        return self.predictor.contract()
+
+    def predict(self, images: str | Path | list[str | Path], skip_bad: bool = False) -> pd.DataFrame:
+        """One row per image (files, or folders of them): the columns `chestxray predict` writes (path, p_infected,
+        predicted, threshold, p_<class>, ood_score, out_of_distribution, image_quality, run). An unreadable file
+        stops with an error naming it, or with `skip_bad` is left out and listed in the table's `attrs['skipped']`."""
+        paths = expand_paths([images] if isinstance(images, (str, Path)) else list(images))
+        if not paths:
+            raise ChestXrayError("nothing to predict: no image paths given")
+        df, errors = prediction_table(self.predictor, [Sample(p, None) for p in paths], skip_bad)
+        df.attrs["skipped"] = [str(e) for e in errors]
+        return df
+
+    def __repr__(self) -> str:
+        meta = self.predictor.meta
+        return (f"chestxray.Model({meta.get('model_name')}, {self.predictor.scheme.task}, stage {meta.get('stage')}, "
+                f"threshold {self.threshold:.4f}, from {self.path})")
+
+
+def load(path: str | Path, engine: str = "torch") -> Model:
+    """A run directory, its checkpoints/best.ckpt, or an exported .onnx file. `engine` 'onnx' runs a run directory's
+    model on onnxruntime through its verified export (made once beside the checkpoint)."""
+    return Model(load_on(path, engine))
+
+
+def train(data: str | Path | None = None, out: str | Path | None = None, *, config: str | Path | None = None,
+          resume: str | Path | None = None, overwrite: bool = False, progress: bool = False, **options) -> dict:
+    """Train into run directory `out` as `chestxray train` does and return its metrics (metrics.json).
+
+    `options`: any option of `chestxray train` by its field name (`img_size=224`, `stages="head"`, `loss="focal"`,
+    ...; `chestxray train --help` lists them), over the `config` YAML file's. `resume`: continue that interrupted run
+    with its own config."""
+    overrides = dict(options)
+    if data is not None:
+        overrides["data"] = str(data)
+    cfg, run_dir = run_config(Path(out) if out else None, Path(resume) if resume else None,
+                              Path(config) if config else None, overrides, overwrite)
+    return train_run(cfg, run_dir, progress=progress, resume=bool(resume), overwrite=overwrite)
+
+
+def evaluate(model: str | Path, data: str | Path, *, split: str | None = None, out: str | Path | None = None,
+             bootstrap: int = 1000, seed: int | None = None, audit: bool = False, name: str | None = None,
+             overwrite: bool = False, skip_bad: bool = False, engine: str = "torch") -> tuple[dict, Path]:
+    """Evaluate a run (or an exported file) on `split` of `data` as `chestxray evaluate` does: (the metrics, the folder
+    they were written to)."""
+    return evaluate_run(model, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(model, engine))
+
+
+def export(model: str | Path, out: str | Path, *, images: list[str | Path] | None = None, tolerance: float = TOLERANCE,
+           limit: int = VERIFY_IMAGES, skip_bad: bool = False) -> dict:
+    """Write the run's model to `out` (.onnx) once onnxruntime agrees with PyTorch on real images (the run's validation
+    images unless `images`); return the verification's figures."""
+    return export_onnx(model, out, [str(p) for p in expand_paths(images)] if images else None, tolerance, limit, skip_bad)
