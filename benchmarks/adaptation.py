@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-KERMANY = ROOT.parent / "shared" / "data" / "kermany-peds-train"
+from _common import KERMANY, default_run
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default=str(ROOT / "runs" / "generalization" / "A-cxr-nih-cohen"))
+    ap.add_argument("--run", default=None)
     ap.add_argument("--data", default=str(KERMANY))
     ap.add_argument("--n", type=int, nargs="+", default=[50, 100, 200])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -36,9 +34,15 @@ def main(argv=None) -> int:
                     help="c > 0: the threshold reaches the target on new site images with probability c (tolerance bound)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
-    from chestxray.models.predictor import Predictor
+    args.run = str(default_run(args.run))  # the default run, trained once if missing
+    from chestxray.jobs.adapt import (
+        adapted_predictor,
+        before_after,
+        load_site,
+        split_site,
+    )
     from chestxray.models.calibration import ThresholdRule
-    from chestxray.jobs.adapt import adapted_predictor, before_after, load_site, split_site
+    from chestxray.models.predictor import Predictor
 
     t0 = time.time()
     predictor = Predictor.load(args.run)

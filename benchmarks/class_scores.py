@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from ensemble import EVALS, ROOT, auc_ci, patients, predictions
+from _common import EVALS, ROOT, auc_ci, patients, predictions
 
 SCORES = {
     "1 - P(normal) (the model's P(infected))": lambda t: t["p_infected"],

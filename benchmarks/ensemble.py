@@ -14,45 +14,12 @@ The ensemble has no validation threshold of its own here, so only ROC-AUC is com
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-EVALS = {"in-domain test": ("A-cxr-nih-cohen/predictions-test.csv", SHARED / "cxr-nih-cohen" / "labels.csv", None),
-         "in-domain test, NIH only": ("A-cxr-nih-cohen/predictions-test.csv", SHARED / "cxr-nih-cohen" / "labels.csv", "nih"),
-         "-> kermany-peds-train": ("A-on-kermany/predictions-all.csv", SHARED / "kermany-peds-train" / "labels.csv", None)}
-
-
-def patients(manifest: Path) -> dict[str, str]:
-    with open(manifest, newline="") as f:
-        return {str((manifest.parent / r["path"]).resolve()): r.get("patient_id") or r["path"] for r in csv.DictReader(f)}
-
-
-def predictions(path: Path, source: str | None) -> pd.DataFrame | None:
-    """A predictions CSV indexed by resolved image path (rows of `source` only, when given); None if missing."""
-    if not path.exists():
-        print(f"{path}: missing (train with this version, or run `chestxray evaluate`)", file=sys.stderr)
-        return None
-    t = pd.read_csv(path)
-    if source:
-        t = t[t["source"].str.startswith(source)]
-    t = t.assign(path=[str(Path(p).resolve()) for p in t["path"]])  # relative or absolute, as the data was given
-    return t.set_index("path").sort_index()
-
-
-def auc_ci(y: np.ndarray, p: np.ndarray, groups: list[str], n_boot: int, seed: int = 42) -> tuple[float, list]:
-    from chestxray.evaluation.metrics import binary_metrics
-    from chestxray.evaluation.intervals import bootstrap_ci
-
-    auc = binary_metrics(y, p)["roc_auc"]
-    ci = bootstrap_ci(y, p, {"auc": 0.5}, groups, n_boot, seed)["auc"]["roc_auc"]
-    return auc, ci
+from _common import EVALS, ROOT, auc_ci, patients, predictions
 
 
 def main(argv=None) -> int:

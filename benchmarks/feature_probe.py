@@ -23,14 +23,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-CXR = SHARED / "cxr-nih-cohen" / "labels.csv"
-KERMANY = SHARED / "kermany-peds-train" / "labels.csv"
+from _common import CXR, KERMANY
 
 
 def stage_features(model, images, prep, batch_size: int = 64) -> list[np.ndarray]:
@@ -122,7 +117,6 @@ def main(argv=None) -> int:
     if not CXR.exists() or not KERMANY.exists():
         print(f"this benchmark needs {CXR} and {KERMANY}", file=sys.stderr)
         return 2
-    import torch
 
     from chestxray.data.datamodule import decode_split
     from chestxray.data.sources import discover, evaluation_samples, patient_groups

@@ -24,7 +24,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT
 
 
 def worker(conn, memory_mb: int, folder: str) -> None:

@@ -25,29 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-CXR = SHARED / "cxr-nih-cohen" / "labels.csv"
-KERMANY = SHARED / "kermany-peds-train" / "labels.csv"
-
-
-def absolute_rows(manifest: Path) -> tuple[list[str], list[dict]]:
-    with open(manifest, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        fields = list(reader.fieldnames or [])
-    for r in rows:
-        r["path"] = str((manifest.parent / r["path"]).resolve())
-    return fields, rows
-
-
-def write_rows(path: Path, fields: list[str], rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
+from _common import CXR, KERMANY, ROOT, absolute_rows, flag_options, write_rows
 
 
 def kermany_subset(out: Path, n_images: int, seed: int) -> Path:
@@ -101,16 +79,10 @@ def row(name: str, m: dict, source: str | None = None) -> dict:
 
 
 def train(data: Path, out: Path, flags: list[str]) -> Path:
-    from typer.testing import CliRunner
+    """The recipe (`chestxray train` flags) trained through the public API."""
+    import chestxray
 
-    from chestxray.cli import app
-
-    res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--quiet", *flags])
-    if res.exit_code != 0:
-        print(res.output, file=sys.stderr)
-        if res.exception:
-            raise res.exception
-        raise SystemExit(res.exit_code)
+    chestxray.train(data, out, overwrite=out.exists(), **flag_options(flags))
     return out
 
 
@@ -127,7 +99,7 @@ def main(argv=None) -> int:
     if not CXR.exists() or not KERMANY.exists():
         print(f"this benchmark needs {CXR} and {KERMANY}", file=sys.stderr)
         return 2
-    from chestxray.jobs.evaluate import evaluate_run
+    from chestxray import evaluate as evaluate_run
 
     out = Path(args.out)
     rows, times = [], {}
@@ -136,14 +108,14 @@ def main(argv=None) -> int:
     m = json.loads((run_a / "metrics.json").read_text())
     nih = next(s for s in m["per_source"] if s.startswith("nih"))
     rows += [row("A cxr-nih-cohen -> its test (in-domain)", m), row("A cxr-nih-cohen -> its test, NIH only", m, nih)]
-    ext, _ = evaluate_run(run_a, KERMANY, None, out / "A-on-kermany", n_boot=1000)
+    ext, _ = evaluate_run(run_a, KERMANY, out=out / "A-on-kermany", bootstrap=1000, overwrite=True)
     rows.append(row("A cxr-nih-cohen -> all kermany-peds-train (cross-domain)", ext))
     times["A"] = time.time() - t0
     if not args.skip_reverse:
         t0 = time.time()
         run_b = train(kermany_subset(out, args.kermany_images, args.seed), out / "B-kermany", flags)
         rows.append(row("B kermany subset -> its held-out part (in-domain)", json.loads((run_b / "metrics.json").read_text())))
-        back, _ = evaluate_run(run_b, nih_test_rows(out), None, out / "B-on-cxr-nih", n_boot=1000)
+        back, _ = evaluate_run(run_b, nih_test_rows(out), out=out / "B-on-cxr-nih", bootstrap=1000, overwrite=True)
         rows.append(row("B kermany subset -> cxr-nih-cohen test, NIH rows (cross-domain)", back))
         times["B"] = time.time() - t0
 

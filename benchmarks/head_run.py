@@ -24,8 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, naive_head_epoch_seconds
 
 PHASES = [  # (text of the log line that starts a phase, its name)
     ("decoding", "decode images (cold cache)"),
@@ -73,9 +72,9 @@ def phase_table(total: float, lines: list[tuple[float, str]]) -> None:
 def naive(data: Path, size: int, bs: int, epochs: int, measured: int) -> float:
     import timm
     import torch
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
-    from throughput import naive_head_epoch_seconds
 
     epoch = naive_head_epoch_seconds("tf_efficientnet_lite0", data, size, bs, measured)
     t0 = time.perf_counter()

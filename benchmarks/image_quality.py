@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from chestxray.data.datamodule import decode_split
+from chestxray.data.io import list_images
 from chestxray.data.quality import QUALITY_MIN_SPREAD, image_quality, spread
 from chestxray.data.sources import Sample
-from chestxray.data.io import list_images
 
 SETS = ["cxr-nih-cohen", "kermany-peds-train", "covid-radiography-sample", "lung-masks/images"]
 

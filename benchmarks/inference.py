@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, default_run
 
 
 def timed(fn, batches: list, repeat: int = 1) -> list[float]:
@@ -38,17 +37,18 @@ def timed(fn, batches: list, repeat: int = 1) -> list[float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default=str(ROOT / "runs" / "generalization" / "A-cxr-nih-cohen"))
+    ap.add_argument("--run", default=None)
     ap.add_argument("--onnx", default=None, help="an exported file of the run (default: export it now)")
     ap.add_argument("--images", type=int, default=64, help="validation images used (batch 32 runs over them)")
     ap.add_argument("--latency-runs", type=int, default=100)
     ap.add_argument("--out", default=str(ROOT / "runs" / "inference.json"))
     args = ap.parse_args(argv)
+    args.run = str(default_run(args.run))  # the default run, trained once if missing
 
     import onnxruntime as ort
 
-    from chestxray.data.sources import evaluation_samples
     from chestxray.apps.export import ContractGraph, export_onnx
+    from chestxray.data.sources import evaluation_samples
     from chestxray.models.predictor import Predictor
 
     predictor = Predictor.load(args.run)

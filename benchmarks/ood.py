@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, default_run
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default=str(ROOT / "runs" / "generalization" / "A-cxr-nih-cohen"))
+    ap.add_argument("--run", default=None)
     ap.add_argument("--external", default=str(ROOT.parent / "shared" / "data" / "kermany-peds-train"))
     args = ap.parse_args(argv)
+    args.run = str(default_run(args.run))  # the default run, trained once if missing
     from sklearn.metrics import roc_auc_score
 
     from chestxray.data.sources import Sample, load_samples

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT
+
 CLI = [sys.executable, "-c", "from chestxray.cli import main; main()"]
 
 
@@ -50,9 +51,9 @@ def fresh_run(images, img_size: int, out: Path) -> Path:
 
     from chestxray.data.labels import TaskScheme
     from chestxray.data.transforms import Preprocessing
+    from chestxray.models.backbones import create_model, normalisation
     from chestxray.models.ood import FeatureDensity
     from chestxray.models.predictor import Predictor
-    from chestxray.models.backbones import create_model, normalisation
 
     model, origin = create_model("efficientnet_lite0", 1, None, True, 0.2)
     scheme = TaskScheme.build("binary", ["normal", "pneumonia"])

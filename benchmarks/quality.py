@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cxr-nih-cohen" / "labels.csv"
 
 

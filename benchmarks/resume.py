@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT
+
 CLI = [sys.executable, "-c", "from chestxray.cli import main; main()"]
 MODES = {"deterministic fp32": ["--deterministic", "--precision", "32-true"], "defaults": []}
 KILLS = {"straight": None, "killed in head, resumed": "head:2", "killed in finetune, resumed": "finetune:1"}

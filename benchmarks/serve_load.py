@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import ROOT, default_run
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"batching on": ["--max-batch", "16"], "batching off": ["--max-batch", "1"]}
 
 
@@ -102,7 +102,7 @@ async def load(url: str, blobs: list[bytes], clients: int, requests: int, time_l
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "runs" / "generalization" / "A-cxr-nih-cohen"), help="the run (its validation images are sent)")
+    ap.add_argument("--model", default=None, help="the run (its validation images are sent)")
     ap.add_argument("--serve", default=None, help="what the server loads, if not the run itself (e.g. the run exported to .onnx)")
     ap.add_argument("--requests", type=int, default=2000, help="requests per client count and setting")
     ap.add_argument("--clients", default="1,4,16")
@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=64, help="validation images of the run sent round robin")
     ap.add_argument("--out", default=str(ROOT / "runs" / "serve_load.json"))
     args = ap.parse_args(argv)
+    args.model = str(default_run(args.model))  # the default run, trained once if missing
 
     from chestxray.data.sources import evaluation_samples
 

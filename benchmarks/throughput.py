@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import ROOT, endless, naive_finetune_ips, naive_head_epoch_seconds
 
-ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "cxr-nih-cohen"
 
 
@@ -39,70 +39,6 @@ def rss_mb() -> dict[str, float]:
                 k, v = line.split(":")
                 out[k] = int(v.split()[0]) / 1024
     return out
-
-
-def endless(loader):
-    while True:
-        yield from loader
-
-
-def naive_loaders(root: Path, size: int, bs: int, train_aug: bool):
-    from torchvision import datasets, transforms as T
-
-    norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    aug = [T.RandomResizedCrop(size, scale=(0.75, 1.0)), T.RandomRotation(7)] if train_aug else [T.Resize((size, size))]
-    tf_train = T.Compose([T.Grayscale(3), *aug, T.ToTensor(), norm])
-    tf_eval = T.Compose([T.Grayscale(3), T.Resize((size, size)), T.ToTensor(), norm])
-    tr = datasets.ImageFolder(root / "train", tf_train)
-    va = datasets.ImageFolder(root / "val", tf_eval)
-    mk = lambda ds, sh: torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=sh, num_workers=0)  # noqa: E731
-    return mk(tr, True), mk(va, False), tr.classes
-
-
-def naive_head_epoch_seconds(model_name: str, root: Path, size: int, bs: int, epochs: int) -> float:
-    """The original notebook's head stage: backbone recomputed every epoch, fp32, PIL transforms."""
-    import timm
-
-    tr, va, classes = naive_loaders(root, size, bs, train_aug=False)
-    normal = [c.lower() for c in classes].index("normal")
-    model = timm.create_model(model_name, num_classes=1)
-    for n, p in model.named_parameters():
-        p.requires_grad = n.startswith(model.pretrained_cfg["classifier"])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        for x, y in tr:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), (y != normal).float())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            for x, _ in va:
-                model(x)
-    return (time.perf_counter() - t0) / epochs
-
-
-def naive_finetune_ips(model_name: str, root: Path, size: int, bs: int, batches: int) -> float:
-    import timm
-
-    tr, _, classes = naive_loaders(root, size, bs, train_aug=True)
-    model = timm.create_model(model_name, num_classes=1).train()
-    opt = torch.optim.AdamW(model.parameters(), 1e-4)
-    it = endless(tr)
-    n, t0 = 0, None
-    for b in range(batches + 1):
-        x, y = next(it)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y.float())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if b == 0:
-            t0 = time.perf_counter()  # the first batch warms up
-        else:
-            n += len(x)
-    return n / (time.perf_counter() - t0)
 
 
 def bare_forward_ips(model, size: int, bs: int, precision: str, batches: int = 4) -> float:
@@ -128,7 +64,12 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
     from chestxray.data.sources import load_samples
     from chestxray.data.transforms import Preprocessing
     from chestxray.models.backbones import create_model, normalisation
-    from chestxray.models.features import FeatureDataset, autocast_for, extract_features, head_split
+    from chestxray.models.features import (
+        FeatureDataset,
+        autocast_for,
+        extract_features,
+        head_split,
+    )
     from chestxray.training.module import ClassifierModule
     from chestxray.training.stages import resolve_precision
 
@@ -259,9 +200,10 @@ def main(argv=None) -> int:
     if args.memory_images:
         memory_check(args.memory_images)
         return 0
-    import lightning as L  # noqa: F401
     import logging
     import warnings
+
+    import lightning as L  # noqa: F401
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")

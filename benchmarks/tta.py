@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ensemble import auc_ci
+from _common import SHARED, auc_ci, default_run
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 SETS = {"views (all six)": [0, 1, 2, 3, 4, 5], "intensity only (image, gamma 0.8, 1.25)": [0, 4, 5]}
 
 
@@ -45,10 +43,11 @@ def view_logits(predictor, images) -> torch.Tensor:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run")
+    ap.add_argument("run", nargs="?", help="a run directory [default: the default run, trained if missing]")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", default=None, help="JSON of the figures [default: RUN/tta.json]")
     args = ap.parse_args(argv)
+    args.run = str(default_run(args.run))  # the default run, trained once if missing
     from chestxray.data.sources import evaluation_samples, patient_groups
     from chestxray.data.transforms import TTA_VIEWS
     from chestxray.models.load import load_predictor

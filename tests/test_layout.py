@@ -82,3 +82,13 @@ def test_imports_go_down_the_data_flow(module):
 
 def test_every_module_has_a_layer():
     assert not [m for m in GRAPH if top(m) not in RANK], "a module outside every layer: add it to LAYERS"
+
+
+def test_benchmarks_share_common_and_import_no_other_benchmark():
+    bench = SRC.parents[1] / "benchmarks"
+    names = {p.stem for p in bench.glob("*.py")} - {"_common"}
+    for path in bench.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) else []
+            assert not [m for m in mods if m and m.split(".")[0] in names], f"{path.name} imports another benchmark"
+    assert (bench / "README.md").exists() and all(f"`{n}.py`" in (bench / "README.md").read_text() for n in names)
