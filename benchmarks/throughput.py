@@ -58,7 +58,7 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
     import lightning as L
     from sklearn.metrics import roc_auc_score
 
-    from chestxray.config import TrainConfig
+    from chestxray.config import OptimConfig
     from chestxray.data.datamodule import decode_split, make_dataset, make_loader
     from chestxray.data.labels import TaskScheme
     from chestxray.data.sources import load_samples
@@ -94,8 +94,7 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
     out["ceiling_ips"] = bare_forward_ips(model, size, 64, precision)
 
     targets = {k: [scheme.target(s.label) for s in d.samples] for k, d in dec.items()}
-    cfg = TrainConfig(lr=3e-3)
-    module = ClassifierModule(model, scheme, "head", cfg, head_fn=head_split(model)[1])
+    module = ClassifierModule(model, scheme, "head", optim=OptimConfig(lr=3e-3), head_fn=head_split(model)[1])
     trainer = L.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
     t0 = time.perf_counter()
@@ -113,7 +112,7 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
             out["val_auc_fp32_features"] = roc_auc_score(y_val, head(f32[0]).squeeze(1).numpy())
 
     # fine-tuning throughput: decoded cache, tensor augmentation, channels_last, autocast
-    ft = ClassifierModule(model, scheme, "finetune", TrainConfig(), preprocessing=prep)
+    ft = ClassifierModule(model, scheme, "finetune", preprocessing=prep)
     ft.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
     loader = make_loader(make_dataset(dec["train"], scheme, prep, train=True), bs, True)

@@ -43,7 +43,7 @@ def test_train_writes_the_run_directory(trained_run):
     assert 0 < m["val_threshold"] < 1
     assert "SYNTHETIC" in output and "head best: test" in output
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["data"]["img_size"] == 64 and cfg["train"]["epochs_head"] == 2
+    assert cfg["data"]["img_size"] == 64 and cfg["optim"]["epochs_head"] == 2
 
 
 def test_final_model_chosen_on_validation_not_test(trained_run):
@@ -148,7 +148,7 @@ def test_config_file_and_flag_override_and_carved_validation(tiny_data, tmp_path
     res = invoke("train", "--config", cfg, "--data", data, "--out", out, "--img-size", "64", "--stages", "head", "--quiet")
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["data"]["img_size"] == 64 and saved["data"]["batch_size"] == 8 and saved["train"]["lr"] == 0.01
+    assert saved["data"]["img_size"] == 64 and saved["data"]["batch_size"] == 8 and saved["optim"]["lr"] == 0.01
     assert "has no val split: carved" in res.output and "has no test split: carved" in res.output
     split = pd.read_csv(out / "split.csv")
     assert set(split["split"]) == {"train", "val", "test"}

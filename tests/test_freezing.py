@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from chestxray.config import TrainConfig
+from chestxray.config import OptimConfig
 from chestxray.data.labels import TaskScheme
 from chestxray.models.backbones import create_model, head_prefixes, is_head_param
 from chestxray.models.freezing import backbone_blocks, set_trainable
@@ -17,7 +17,7 @@ def _fit(model, stage, **cfg):
     x = torch.randn(16, 3, 64, 64) * 2 + 0.5  # statistics unlike ImageNet's, so BN stats would move
     y = (torch.rand(16) > 0.5).float()
     loader = DataLoader(TensorDataset(x, y, torch.arange(16)), batch_size=8)
-    module = ClassifierModule(model, SCHEME, stage, TrainConfig(lr=1e-2, lr_finetune=1e-2, backbone_lr_factor=1.0, warmup_epochs=0, **cfg))
+    module = ClassifierModule(model, SCHEME, stage, optim=OptimConfig(lr=1e-2, lr_finetune=1e-2, backbone_lr_factor=1.0, warmup_epochs=0, **cfg))
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
     trainer.fit(module, loader, loader)

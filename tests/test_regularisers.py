@@ -4,7 +4,7 @@ import torch
 from typer.testing import CliRunner
 
 from chestxray.cli import app
-from chestxray.config import TrainConfig
+from chestxray.config import LossConfig
 from chestxray.data.labels import TaskScheme
 from chestxray.models.load import load_predictor
 from chestxray.models.backbones import create_model
@@ -21,7 +21,7 @@ def _head_module(mixup: float):
         seen.append(x.detach().clone())
         return model.classifier(x)
 
-    return ClassifierModule(model, SCHEME, "head", TrainConfig(mixup=mixup), head_fn=head_fn), seen
+    return ClassifierModule(model, SCHEME, "head", loss=LossConfig(mixup=mixup), head_fn=head_fn), seen
 
 
 def test_mixup_mixes_pairs_of_inputs_and_their_losses_alike():

@@ -1,4 +1,5 @@
-"""Run configuration: dataclasses for data, model and training; YAML load/save; saved into each run.
+"""Run configuration: dataclasses by section (data, model, optimisation, loss, augmentation, calibration, hardware);
+YAML load/save; saved into each run.
 
 Every option is declared once, here: its default, its help, and the values it allows. The command line
 (`chestxray train --help`) is generated from these fields, and `Config.validate()` checks them all
@@ -63,51 +64,94 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class OptimConfig:
+    """Optimisation: the stages, their epochs and learning rates, what is trained, when to stop."""
+
     stages: str = option("head,finetune", "Stages to run, comma-separated: head and/or finetune.")
     epochs_head: int = option(10, "Head-stage epochs (backbone frozen, batch-norm statistics too).", ge=0)
     epochs_finetune: int = option(4, "Finetune-stage epochs (from the best head checkpoint).", ge=0)
     lr: float = option(3e-3, "Head-stage learning rate.", gt=0.0)
-    augment: str = option("basic", "Training augmentation: basic (crop, small rotation and shift, brightness and contrast), domain (adds gamma, blur or sharpening, noise, JPEG re-compression and resolution loss, as other devices and sites produce), or framing (basic with wide crops of 45-100% of the area at aspect 3:4 to 4:3, and half the time a zoom-out onto a black canvas, as other sites frame and copy films).", ("basic", "domain", "framing"))
-    head_augment: bool = option(False, "Augment images in the head stage (finetune always augments; off measured better on cxr-nih-cohen validation).")
-    head_features: bool = option(True, "Head stage on backbone features computed once and cached, instead of running the frozen backbone every epoch.")
-    feature_views: int = option(0, "Extra augmented views per training image in the feature cache (head stage).", ge=0)
     lr_finetune: float = option(3e-4, "Head learning rate in the finetune stage; the backbone gets it x --backbone-lr-factor.", gt=0.0)
     backbone_lr_factor: float = option(0.1, "Backbone learning rate in finetune, as a fraction of --lr-finetune.", ge=0.0)
     optimizer: str = option("adamw", "Optimizer.", ("adamw", "sgd"))
     weight_decay: float = option(1e-4, "Weight decay (decoupled for AdamW), not applied to biases and norms.", ge=0.0)
     warmup_epochs: float = option(1.0, "Linear learning-rate warm-up before the cosine decay, in epochs.", ge=0.0)
+    unfreeze_last: int = option(0, "Finetune only the last N backbone blocks (0 = all).", ge=0)
+    finetune_bn: str = option("frozen", "Batch-norm statistics during finetune.", ("frozen", "train"))
+    ema_decay: float = option(0.0, "Finetune: validate, checkpoint and keep an exponential moving average of the weights (decay per optimizer step, e.g. 0.98); 0: the weights as trained.", ge=0.0, lt=1.0)
+    head_features: bool = option(True, "Head stage on backbone features computed once and cached, instead of running the frozen backbone every epoch.")
+    feature_views: int = option(0, "Extra augmented views per training image in the feature cache (head stage).", ge=0)
+    monitor: str = option("val_auc", "Validation metric for checkpoints and early stopping.", MONITORS)
+    patience: int = option(5, "Early-stopping patience in epochs.", ge=1)
+    seed: int = option(42, "Random seed (splits, initialisation, augmentation, shuffling).", ge=0)
+
+
+@dataclass
+class LossConfig:
+    """The loss and how training images and classes are weighted in it."""
+
     loss: str = option("ce", "Loss: cross-entropy (BCE for binary and multilabel) or focal loss.", ("ce", "focal"))
     focal_gamma: float = option(2.0, "Focal-loss focusing parameter gamma (0 is cross-entropy).", ge=0.0)
     focal_alpha: float = option(-1.0, "Focal alpha for the positive class; < 0 disables it.", le=1.0)
     class_weights: bool = option(True, "Balance classes in the loss.")
     balance: str = option("auto", "Weight training images so that, within each source, every class has the same mix of views (a manifest's 'view' column: PA, AP, ...), so the model cannot tell the classes apart by projection; each class keeps its weight. auto: view where the training images have views, else none; the run's config.yaml records which.", ("auto", "view", "none"),
                           before="none")
-    unfreeze_last: int = option(0, "Finetune only the last N backbone blocks (0 = all).", ge=0)
     mixup: float = option(0.0, "Mixup of training inputs with Beta(a, a) weights (the images, or the cached features where the head trains on them), the loss mixed alike; 0: off.", ge=0.0)
-    ema_decay: float = option(0.0, "Finetune: validate, checkpoint and keep an exponential moving average of the weights (decay per optimizer step, e.g. 0.98); 0: the weights as trained.", ge=0.0, lt=1.0)
-    finetune_bn: str = option("frozen", "Batch-norm statistics during finetune.", ("frozen", "train"))
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation."""
+
+    augment: str = option("basic", "Training augmentation: basic (crop, small rotation and shift, brightness and contrast), domain (adds gamma, blur or sharpening, noise, JPEG re-compression and resolution loss, as other devices and sites produce), or framing (basic with wide crops of 45-100% of the area at aspect 3:4 to 4:3, and half the time a zoom-out onto a black canvas, as other sites frame and copy films).", ("basic", "domain", "framing"))
+    head_augment: bool = option(False, "Augment images in the head stage (finetune always augments; off measured better on cxr-nih-cohen validation).")
+
+
+@dataclass
+class CalibrationConfig:
+    """Calibration and evaluation at the end of training: temperature, the stored operating point, the out-of-distribution flag, intervals and the shortcut audit."""
+
+    calibrate: bool = option(False, "Temperature scaling fitted on validation; ECE reported before and after.")
     operating_point: str = option("best_f1", "Threshold stored with the model and used by predict, chosen on validation.", OPERATING_POINTS)
     target_sensitivity: float = option(0.95, "Sensitivity the 'sensitivity' operating point must reach on validation.", gt=0.0, le=1.0)
     target_confidence: float = option(0.0, "With c > 0, the 'sensitivity' operating point reaches --target-sensitivity on new images like the validation ones with probability c (a tolerance bound over the validation positives), not only on validation itself; 0: on validation.", ge=0.0, lt=1.0)
-    calibrate: bool = option(False, "Temperature scaling fitted on validation; ECE reported before and after.")
     ood_quantile: float = option(0.95, "Out-of-distribution flag: images scoring above this quantile of the validation images' distances to the training features are flagged.", gt=0.5, lt=1.0)
-    audit: bool = option(True, "Shortcut audit of the final model on the evaluation split at the end of training (three more passes over its images: lungs hidden, lungs only, borders hidden); --no-audit skips it (`chestxray audit RUN` runs it later).")
     bootstrap: int = option(1000, "Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none).", ge=0)
-    monitor: str = option("val_auc", "Validation metric for checkpoints and early stopping.", MONITORS)
-    patience: int = option(5, "Early-stopping patience in epochs.", ge=1)
-    seed: int = option(42, "Random seed (splits, initialisation, augmentation, shuffling).", ge=0)
-    deterministic: bool = option(False, "Deterministic algorithms (slower).")
+    audit: bool = option(True, "Shortcut audit of the final model on the evaluation split at the end of training (three more passes over its images: lungs hidden, lungs only, borders hidden); --no-audit skips it (`chestxray audit RUN` runs it later).")
+
+
+@dataclass
+class HardwareConfig:
+    """Where and how the numbers are computed."""
+
     accelerator: str = option("auto", "Lightning accelerator.", ACCELERATORS)
     devices: str = option("auto", "Lightning devices: auto, a count, or a list such as 0,1.")
+    num_nodes: int = option(1, "Lightning nodes (multi-node DDP).", ge=1)
+    strategy: str = option("auto", "Lightning strategy, e.g. ddp.")
     precision: str = option("auto", "Numeric precision; auto uses bf16 where the hardware supports it.", PRECISIONS)
     channels_last: bool = option(True, "channels_last memory format for convolutions (faster on most hardware).")
     compile: bool = option(False, "torch.compile the model (opt-in).")
-    num_nodes: int = option(1, "Lightning nodes (multi-node DDP).", ge=1)
-    strategy: str = option("auto", "Lightning strategy, e.g. ddp.")
+    deterministic: bool = option(False, "Deterministic algorithms (slower).")
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+@dataclass
+class ServeConfig:
+    """`chestxray serve`: where it listens and the limits it keeps (not part of a run's config)."""
+
+    host: str = option("127.0.0.1", "Address to listen on (loopback by default; anything else exposes the service).")
+    port: int = option(8000, "Port to listen on.", ge=0, le=65535)
+    max_upload_mb: float = option(32.0, "Largest request body, in MB.", ge=0.001)
+    max_files: int = option(16, "Most images in one request.", ge=1)
+    max_batch: int = option(16, "Most images grouped into one forward pass (1: no micro-batching).", ge=1)
+    max_wait_ms: float = option(5.0, "Under concurrent load, the longest wait for more requests to fill a batch, in ms (a lone request never waits).", ge=0.0)
+
+
+# the sections of a config, in the order of `chestxray train --help` and config.yaml, with their titles
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "loss": LossConfig, "augment": AugmentConfig,
+            "calibration": CalibrationConfig, "hardware": HardwareConfig}
+SECTION_TITLES = {"data": "Data", "model": "Model", "optim": "Optimisation", "loss": "Loss", "augment": "Augmentation",
+                  "calibration": "Calibration and evaluation", "hardware": "Hardware"}
+LEGACY_SECTIONS = ("train",)  # config.yaml written before the training options had sections: read as flat options
 
 
 def field_type(section: type, name: str) -> type:
@@ -121,7 +165,11 @@ def field_type(section: type, name: str) -> type:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,8 +194,10 @@ class Config:
         added after the run was made, and takes the value that means what the run did then (`before`)."""
         d = cls.read_mapping(path)
         cfg = cls.from_dict(d, path)
-        for name, section in cfg.sections().items():
-            stored = d.get(name) if isinstance(d.get(name), dict) else {}
+        stored = {}
+        for name, value in d.items():
+            stored.update(value if isinstance(value, dict) else {name: value})
+        for section in cfg.sections().values():
             for f in fields(section):
                 if f.metadata.get("before") is not None and f.name not in stored:
                     setattr(section, f.name, f.metadata["before"])
@@ -169,7 +219,20 @@ class Config:
         return d
 
     def sections(self) -> dict:
-        return {"data": self.data, "model": self.model, "train": self.train}
+        return {name: getattr(self, name) for name in SECTIONS}
+
+    @classmethod
+    def of_run(cls, stored: dict | None) -> "Config":
+        """The config a trained model stores (its `meta['config']`), whatever version wrote it: older layouts (one
+        `train` section) read as today's sections, options since removed are left out, added ones take their default."""
+        cfg = cls()
+        for name, value in (stored or {}).items():
+            for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
+                try:
+                    cfg._set({key: v})
+                except ConfigError:
+                    continue
+        return cfg
 
     def update(self, d: dict, source: str | Path | None = None) -> None:
         """Set fields from a nested ({data: {...}}) or flat ({img_size: ...}) mapping; `source`, the file it was
@@ -184,7 +247,7 @@ class Config:
     def _set(self, d: dict) -> None:
         sections = self.sections()
         for key, value in d.items():
-            if key in sections and isinstance(value, dict):
+            if (key in sections or key in LEGACY_SECTIONS) and isinstance(value, dict):
                 self._set(value)
                 continue
             key = str(key).replace("-", "_")
@@ -201,24 +264,29 @@ class Config:
         for section in self.sections().values():
             for f in fields(section):
                 _check_field(f, getattr(section, f.name))
-        stages = [s.strip() for s in self.train.stages.split(",") if s.strip()]
+        stages = [s.strip() for s in self.optim.stages.split(",") if s.strip()]
         if not stages or any(s not in STAGES for s in stages):
-            raise ConfigError(f"--stages must list head and/or finetune (comma-separated), got '{self.train.stages}'")
-        epochs = {"head": self.train.epochs_head, "finetune": self.train.epochs_finetune}
+            raise ConfigError(f"--stages must list head and/or finetune (comma-separated), got '{self.optim.stages}'")
+        epochs = {"head": self.optim.epochs_head, "finetune": self.optim.epochs_finetune}
         if not any(epochs[s] > 0 for s in stages):
-            raise ConfigError(f"no stage would run: --stages {self.train.stages} with --epochs-head {epochs['head']} "
+            raise ConfigError(f"no stage would run: --stages {self.optim.stages} with --epochs-head {epochs['head']} "
                               f"and --epochs-finetune {epochs['finetune']}; give a listed stage at least one epoch")
-        if self.train.accelerator in ("gpu", "cuda"):
+        if self.hardware.accelerator in ("gpu", "cuda"):
             import torch
 
             if not torch.cuda.is_available():
-                raise ConfigError(f"--accelerator {self.train.accelerator}: no CUDA GPU is visible on this machine (use cpu or auto)")
-        if self.train.accelerator == "mps":
+                raise ConfigError(f"--accelerator {self.hardware.accelerator}: no CUDA GPU is visible on this machine (use cpu or auto)")
+        if self.hardware.accelerator == "mps":
             import torch
 
             if not torch.backends.mps.is_available():
                 raise ConfigError("--accelerator mps: Apple's MPS backend is not available on this machine (use cpu or auto)")
         return self
+
+
+def check_option(section: type, name: str, value) -> None:
+    """Check one option of `section` as `Config.validate` checks them all (ConfigError naming the flag)."""
+    _check_field(next(f for f in fields(section) if f.name == name), value)
 
 
 def flag_name(name: str) -> str:

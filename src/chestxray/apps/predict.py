@@ -8,9 +8,9 @@ import pandas as pd
 
 from ..data.io import list_images
 from ..data.sources import Sample
-from ..models.predictor import Predictor
 from ..errors import ChestXrayError
 from ..files import write_text
+from ..models.predictor import Predictor
 from ..notices import RESEARCH_NOTE
 
 

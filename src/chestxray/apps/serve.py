@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
+from ..config import ServeConfig
 from ..data.cache import decode_resized
 from ..data.io import XrayReadError, sniff
 from ..data.quality import OK, image_quality
@@ -40,10 +41,10 @@ from .engines import load_on
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_MB = 32
-MAX_FILES = 16
-MAX_BATCH = 16
-MAX_WAIT_MS = 5.0  # under concurrent load only: a lone request never waits
+MAX_UPLOAD_MB = ServeConfig.max_upload_mb  # the limits are declared once, with their help, in config.ServeConfig
+MAX_FILES = ServeConfig.max_files
+MAX_BATCH = ServeConfig.max_batch
+MAX_WAIT_MS = ServeConfig.max_wait_ms  # under concurrent load only: a lone request never waits
 API_KEY_ENV = "CHESTXRAY_API_KEY"
 STATIC = Path(__file__).parent / "static"
 

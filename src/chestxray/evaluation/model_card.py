@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from ..config import Config
 from ..files import sha256, write_text
 from ..models.predictor import Predictor, run_directory
 from ..notices import RESEARCH_NOTE
@@ -76,16 +77,14 @@ def model_card(predictor: Predictor) -> str:
 
 def run_model_card(predictor: Predictor, run_dir: Path) -> str:
     meta = predictor.meta
-    cfg = meta.get("config") or {}
+    cfg = Config.of_run(meta.get("config"))
     files = RunDir(run_dir)
     ckpt = predictor.checkpoint or files.best_checkpoint
     m = read_metrics(files.metrics)[1] if files.metrics.exists() else {}
     synthetic = bool(meta.get("synthetic"))
     scheme = predictor.scheme
     prep = predictor.preprocessing
-    train_cfg = cfg.get("train", {})
-    stages = train_cfg.get("stages") or "?"
-    stages = ", ".join(stages) if isinstance(stages, (list, tuple)) else str(stages).replace(",", ", ")
+    stages = cfg.optim.stages.replace(",", ", ") if meta.get("config") else "?"
     lines = [f"# Model card: {meta.get('model_name')} for infected vs normal chest X-rays", ""]
     if synthetic:
         lines += ["**Trained and evaluated on SYNTHETIC phantom images: no figure here says anything about chest X-rays.**", ""]
@@ -97,8 +96,8 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
         f"{', '.join(scheme.classes)} (normal class: {scheme.normal_class}); outputs {', '.join(scheme.output_names)}.",
         f"- Weights origin: ImageNet-pretrained weights from {meta.get('weights_origin')}.",
         f"- Training: stages {stages} (head on frozen features, then fine-tuning); "
-        f"final model from the **{meta.get('stage')}** stage, chosen on validation; loss {train_cfg.get('loss', '?')}; seed {train_cfg.get('seed', '?')}"
-        + ("; training images weighted so that each class has its source's mix of views (`--balance view`)" if train_cfg.get("balance") == "view" else "")
+        f"final model from the **{meta.get('stage')}** stage, chosen on validation; loss {cfg.loss.loss}; seed {cfg.optim.seed}"
+        + ("; training images weighted so that each class has its source's mix of views (`--balance view`)" if cfg.loss.balance == "view" else "")
         + ".",
         f"- Input: {prep.img_size} x {prep.img_size} px; {prep.resize}; intensity step: {prep.intensity}; test-time views: {prep.tta}.",
         f"- Decision: P(infected) >= {predictor.threshold:.4f} ({predictor.threshold_rule or 'chosen on validation'}); "
@@ -117,7 +116,7 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
         "- Image source (hospital, public dataset), device and acquisition, patient age, view (PA/AP), and disease "
         "prevalence all change the figures below. Results per source are given where the data records it.", "",
         "## Training and evaluation data", "",
-        f"Data: `{meta.get('data_resolved') or cfg.get('data', {}).get('data')}`, split patient-level where patient ids exist "
+        f"Data: `{meta.get('data_resolved') or cfg.data.data}`, split patient-level where patient ids exist "
         "(split.csv of the run).", "",
     ]
     counts = _split_counts(files.split)

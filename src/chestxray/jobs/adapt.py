@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import Config
 from ..data.sources import (
     DataError,
     Sample,
@@ -31,7 +32,11 @@ from ..errors import ChestXrayError
 from ..evaluation.intervals import bootstrap_ci
 from ..evaluation.metrics import binary_metrics
 from ..evaluation.model_card import write_model_card
-from ..models.calibration import ThresholdRule, fit_temperature
+from ..models.calibration import (
+    DEFAULT_TARGET_SENSITIVITY,
+    ThresholdRule,
+    fit_temperature,
+)
 from ..models.load import load_predictor
 from ..models.predictor import Predictor, checkpoint_path, run_directory
 from ..rundir import (
@@ -135,11 +140,10 @@ def adapted_predictor(predictor: Predictor, site: SiteData, adapt_idx: np.ndarra
 
 def run_rule(predictor: Predictor) -> ThresholdRule:
     """The threshold rule the model was trained with (from its config, else from its stored rule's name)."""
-    train = (predictor.meta.get("config") or {}).get("train")
-    if train:
-        return ThresholdRule.of_config(train)
+    if predictor.meta.get("config"):
+        return ThresholdRule.of_config(Config.of_run(predictor.meta["config"]).calibration)
     name = (predictor.threshold_rule or "best_f1").split(",")[0]
-    return ThresholdRule("sensitivity" if name.startswith("sensitivity") else name, 0.95, 0.0)
+    return ThresholdRule("sensitivity" if name.startswith("sensitivity") else name, DEFAULT_TARGET_SENSITIVITY, 0.0)
 
 
 def before_after(old: Predictor, new: Predictor, site: SiteData, new_logits: torch.Tensor, held: np.ndarray,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import Config
 from ..data.sources import DataError, evaluation_samples, patient_groups
 from ..errors import ChestXrayError
 from ..evaluation.intervals import bootstrap_ci, delong_test
@@ -33,11 +34,11 @@ def compare_runs(
             raise DataError(f"{run}: its Normal class differs from the first run's; the runs cannot be compared")
         y = y_run
         ps.append(p)
-        cfg = lm.meta.get("config", {})
+        cfg = Config.of_run(lm.meta.get("config"))
         m = binary_metrics(y, p, lm.threshold)
         groups = patient_groups(samples)
         ci = bootstrap_ci(y, p, {"t": lm.threshold}, groups, n_boot, seed)["t"] if n_boot else {}
-        rows.append({"run": str(run), "model": lm.meta.get("model_name"), "loss": cfg.get("train", {}).get("loss"),
+        rows.append({"run": str(run), "model": lm.meta.get("model_name"), "loss": cfg.loss.loss,
                      "stage": lm.meta.get("stage"), "threshold": lm.threshold, **{k: m[k] for k in
                      ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "f1_infected")},
                      "roc_auc_ci95": ci.get("roc_auc")})

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import Config
 from ..data.datamodule import DecodedSplit
 from ..data.quality import OK
 from ..data.sources import (
@@ -214,7 +215,7 @@ def evaluate_run(
     out = Path(out) if out else evaluation_folder(run_dir, data, split, name)
     claim_evaluation_folder(out, data, split, overwrite)
     if seed is None:
-        seed = int(((predictor.meta.get("config") or {}).get("train") or {}).get("seed", 0))
+        seed = Config.of_run(predictor.meta["config"]).optim.seed if predictor.meta.get("config") else 0
     decoded = predictor.decode(samples, skip_bad, desc=f"reading {split}")
     logits, features = predictor.forward(decoded.images, desc=f"scoring {split}")
     # the same files in another form (folder vs its manifest) still count as the training data

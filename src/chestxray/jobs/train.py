@@ -57,8 +57,8 @@ def run_config(out: Path | None, resume: Path | None, config: Path | None, overr
         if config:
             given.update(Config.read_mapping(config), config)
         given.update(overrides)
-        if given.train.balance == "auto":  # resolved when the run started; config.yaml holds what auto became
-            given.train.balance = cfg.train.balance
+        if given.loss.balance == "auto":  # resolved when the run started; config.yaml holds what auto became
+            given.loss.balance = cfg.loss.balance
         differ = config_differences(cfg.to_dict(), given.to_dict())
         if differ:
             raise ChestXrayError(f"{resume}: a resumed run keeps its config, and these differ: {'; '.join(differ)}. "
@@ -85,8 +85,8 @@ def train_run(cfg: Config, out: str | Path, progress: bool = True, resume: bool 
 def _train_run(cfg: Config, out: Path, progress: bool, resume: bool, overwrite: bool) -> dict:
     run = prepare_run(cfg, out, resume, overwrite)
     results = {}
-    for stage in parse_stages(cfg.train.stages):
-        if (cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune) > 0:
+    for stage in parse_stages(cfg.optim.stages):
+        if (cfg.optim.epochs_head if stage == "head" else cfg.optim.epochs_finetune) > 0:
             fitted = fit_stage(run, stage, progress)
             if run.writer:
                 results[stage] = score_stage(run, stage, fitted)
@@ -102,7 +102,7 @@ def score_stage(run: Run, stage: str, fitted: dict) -> dict:
     """A fitted stage's figures at 0.5 on validation (and test, reported only) and its validation score (higher is
     better), from the logits `fit_stage` left in the run."""
     val_m = binary_metrics(run.infected("val"), run.scheme.p_infected(run.logits[stage]["val"]).numpy(), 0.5)
-    res = {"val": val_m, "val_loss": fitted["val_loss"], "score": _score(run.cfg.train.monitor, val_m, fitted["val_loss"]),
+    res = {"val": val_m, "val_loss": fitted["val_loss"], "score": _score(run.cfg.optim.monitor, val_m, fitted["val_loss"]),
            "epochs_run": fitted["epochs_run"]}
     if run.eval_split == "test":
         res["test"] = binary_metrics(run.infected("test"), run.scheme.p_infected(run.logits[stage]["test"]).numpy(), 0.5)
@@ -122,8 +122,8 @@ def choose_final_model(run: Run, results: dict) -> None:
     final = max(results, key=lambda s: results[s]["score"])  # test never chooses anything
     predictor.model.load_state_dict(run.states[final])
     val_logits = run.logits[final]["val"]
-    predictor.temperature = fit_temperature(val_logits, run.targets("val"), run.scheme.task) if cfg.train.calibrate else 1.0
-    rule = ThresholdRule.of_config(cfg.to_dict()["train"])
+    predictor.temperature = fit_temperature(val_logits, run.targets("val"), run.scheme.task) if cfg.calibration.calibrate else 1.0
+    rule = ThresholdRule.of_config(cfg.calibration)
     chosen, points = rule.choose(run.infected("val"), predictor.p_infected(val_logits))
     predictor.threshold, predictor.thresholds = points[chosen], points
     predictor.threshold_rule = f"{chosen}, chosen on validation"
@@ -132,7 +132,7 @@ def choose_final_model(run: Run, results: dict) -> None:
     else:
         train_features = predictor.forward(run.decoded["train"].images, desc="features of the training images")[1]
     log.info("fitting the out-of-distribution density on %d training images' features", len(train_features))
-    predictor.ood = FeatureDensity.fit(train_features.numpy(), run.features[final]["val"].numpy(), cfg.train.ood_quantile)
+    predictor.ood = FeatureDensity.fit(train_features.numpy(), run.features[final]["val"].numpy(), cfg.calibration.ood_quantile)
     predictor.meta = {
         "model_name": cfg.model.model,
         "timm_name": get_spec(cfg.model.model).timm_name,
@@ -159,8 +159,8 @@ def finalise_run(run: Run, results: dict) -> dict:
         unreadable_skipped=[str(e) for d in run.decoded.values() for e in d.errors], stages=results)
     metrics = write_run_outputs(
         run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
-        run.cfg.train.bootstrap, run.cfg.train.seed, lambda m: summarise(results, m, final, split, run.synthetic),
-        run.features[final][split], with_audit=run.cfg.train.audit,
+        run.cfg.calibration.bootstrap, run.cfg.optim.seed, lambda m: summarise(results, m, final, split, run.synthetic),
+        run.features[final][split], with_audit=run.cfg.calibration.audit,
     )
     write_model_card(predictor, run.out)
     return metrics

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_TARGET_SENSITIVITY = 0.95  # the sensitivity operating point's target unless a run says otherwise
+from ..config import CalibrationConfig
+
+DEFAULT_TARGET_SENSITIVITY = CalibrationConfig.target_sensitivity  # the sensitivity point's target unless a run says otherwise
 
 def best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The threshold that maximises F1 of the infected class (chosen on validation, never test)."""
@@ -82,10 +84,9 @@ class ThresholdRule:
     confidence: float | None = None
 
     @classmethod
-    def of_config(cls, train: dict) -> "ThresholdRule":
-        """The rule a run was trained with, from the `train` section of its config."""
-        return cls(train.get("operating_point", "best_f1"), train.get("target_sensitivity", DEFAULT_TARGET_SENSITIVITY),
-                   train.get("target_confidence", 0.0))
+    def of_config(cls, calibration: CalibrationConfig) -> "ThresholdRule":
+        """The rule a run was trained with, from the calibration section of its config."""
+        return cls(calibration.operating_point, calibration.target_sensitivity, calibration.target_confidence)
 
     def filled(self, other: "ThresholdRule") -> "ThresholdRule":
         return ThresholdRule(*(a if a is not None else b for a, b in

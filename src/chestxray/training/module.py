@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
-from ..config import TrainConfig
+from ..config import HardwareConfig, LossConfig, OptimConfig
 from ..data.labels import TaskScheme
 from ..data.transforms import Preprocessing
 from ..models.freezing import freeze_batchnorm, param_groups, set_trainable
@@ -37,20 +37,25 @@ class ClassifierModule(L.LightningModule):
         model: torch.nn.Module,
         scheme: TaskScheme,
         stage: str,
-        cfg: TrainConfig,
+        optim: OptimConfig | None = None,
+        loss: LossConfig | None = None,
+        hardware: HardwareConfig | None = None,
         criterion: TaskLoss | None = None,
         head_fn=None,
         preprocessing: Preprocessing | None = None,
     ):
         super().__init__()
-        self.model, self.scheme, self.stage, self.cfg = model, scheme, stage, cfg
+        self.model, self.scheme, self.stage = model, scheme, stage
+        # the config sections it uses
+        self.optim, self.loss_cfg, self.hardware = optim or OptimConfig(), loss or LossConfig(), hardware or HardwareConfig()
         self.head_fn = head_fn  # set: inputs are cached features, only the head runs
         self.preprocessing = preprocessing  # None: batches arrive as model-ready floats
         # not a registered submodule: checkpoints hold `model.*` once, compiled or not
-        self.__dict__["_net"] = torch.compile(model) if cfg.compile and head_fn is None else model
-        set_trainable(model, stage, cfg.unfreeze_last)
+        self.__dict__["_net"] = torch.compile(model) if self.hardware.compile and head_fn is None else model
+        set_trainable(model, stage, self.optim.unfreeze_last)
         # the run's loss (class and image weights); without one, the configured loss unweighted
-        self.criterion = criterion if criterion is not None else TaskLoss(scheme.task, cfg.loss, cfg.focal_gamma, cfg.focal_alpha)
+        self.criterion = criterion if criterion is not None else TaskLoss(scheme.task, self.loss_cfg.loss, self.loss_cfg.focal_gamma,
+                                                                         self.loss_cfg.focal_alpha)
         self.val_auc, self.val_f1, self.val_acc = BinaryAUROC(), BinaryF1Score(), BinaryAccuracy()
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +63,8 @@ class ClassifierModule(L.LightningModule):
         if self.head_fn is not None:
             return x
         if x.dtype == torch.uint8:
-            return self.preprocessing.model_input(x, self.cfg.channels_last)
-        if self.cfg.channels_last and x.ndim == 4:
+            return self.preprocessing.model_input(x, self.hardware.channels_last)
+        if self.hardware.channels_last and x.ndim == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -73,9 +78,9 @@ class ClassifierModule(L.LightningModule):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of a training batch (`index`: its images' positions in the training split, for per-image
         weights); with --mixup, of the batch mixed with a shuffled copy of itself."""
-        if self.cfg.mixup <= 0:
+        if self.loss_cfg.mixup <= 0:
             return self.criterion(self(x), y, index)
-        a = torch.tensor(float(self.cfg.mixup))
+        a = torch.tensor(float(self.loss_cfg.mixup))
         lam = float(torch.distributions.Beta(a, a).sample())
         perm = torch.randperm(len(x), device=x.device)
         x = self.model_input(x)
@@ -86,7 +91,7 @@ class ClassifierModule(L.LightningModule):
         super().train(mode)
         if mode:
             # head: every backbone BN is frozen, so stays in eval; finetune: as configured
-            all_bn = self.stage == "finetune" and self.cfg.finetune_bn == "frozen"
+            all_bn = self.stage == "finetune" and self.optim.finetune_bn == "frozen"
             freeze_batchnorm(self.model, only_frozen=not all_bn)
         return self
 
@@ -121,16 +126,16 @@ class ClassifierModule(L.LightningModule):
         self.log("val_acc", self.val_acc, on_epoch=True)
 
     def configure_optimizers(self):
-        head_lr = self.cfg.lr if self.stage == "head" else self.cfg.lr_finetune
-        groups = param_groups(self.model, head_lr, head_lr * self.cfg.backbone_lr_factor, self.cfg.weight_decay)
-        if self.cfg.optimizer == "adamw":
+        head_lr = self.optim.lr if self.stage == "head" else self.optim.lr_finetune
+        groups = param_groups(self.model, head_lr, head_lr * self.optim.backbone_lr_factor, self.optim.weight_decay)
+        if self.optim.optimizer == "adamw":
             opt = torch.optim.AdamW(groups)
-        elif self.cfg.optimizer == "sgd":
+        elif self.optim.optimizer == "sgd":
             opt = torch.optim.SGD(groups, momentum=0.9, nesterov=True)
         else:
-            raise ValueError(f"unknown optimizer '{self.cfg.optimizer}': choose adamw or sgd")
+            raise ValueError(f"unknown optimizer '{self.optim.optimizer}': choose adamw or sgd")
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(self.cfg.warmup_epochs * total / epochs))
+        warmup = int(round(self.optim.warmup_epochs * total / epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

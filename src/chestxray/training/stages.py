@@ -125,7 +125,7 @@ def prepare_splits(cfg: Config):
         if name in splits or not fraction:
             continue
         n = len(splits["train"])
-        splits["train"], splits[name] = carve_validation(splits["train"], fraction, cfg.train.seed)
+        splits["train"], splits[name] = carve_validation(splits["train"], fraction, cfg.optim.seed)
         log.warning(
             "%s has no %s split: carved %d of %d training images (--%s-fraction %g, stratified%s) as %s",
             cfg.data.data, name, len(splits[name]), n, name, fraction,
@@ -170,8 +170,8 @@ def resolve_precision(precision: str) -> str:
 def uses_contract_features(run: "Run") -> bool:
     """Whether the head stage trains on the contract's own features (`contract_features`): one plain view per image,
     no augmentation, and a head whose logits follow from the pooled features."""
-    t = run.cfg.train
-    return t.head_features and t.feature_views == 0 and not t.head_augment and run.predictor.head_on_features()
+    o = run.cfg.optim
+    return o.head_features and o.feature_views == 0 and not run.cfg.augment.head_augment and run.predictor.head_on_features()
 
 
 def split_features(run: "Run", names: tuple[str, ...], compute, lead: list[str], tail) -> dict[str, torch.Tensor]:
@@ -181,7 +181,7 @@ def split_features(run: "Run", names: tuple[str, ...], compute, lead: list[str],
     cfg, model = run.cfg, run.model
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     common = [state_fingerprint(model), get_spec(cfg.model.model).timm_name, str(run.predictor.preprocessing.to_dict())]
-    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
+    if torch.cuda.is_available() and cfg.hardware.accelerator in ("auto", "gpu", "cuda"):
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")  # extract on this process's GPU
     feats = {}
     for name in names:
@@ -204,7 +204,7 @@ def contract_features(run: "Run") -> dict[str, torch.Tensor]:
     once per image in the whole run.
     """
     if not run.contract:
-        device = "cuda" if torch.cuda.is_available() and run.cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
+        device = "cuda" if torch.cuda.is_available() and run.cfg.hardware.accelerator in ("auto", "gpu", "cuda") else "cpu"
         run.contract = split_features(
             run, ("train", "val", "test"),
             lambda split, name: run.predictor.forward(split.images, desc=f"backbone features of {name}")[1],
@@ -217,16 +217,16 @@ def head_features(run: "Run") -> dict[str, torch.Tensor]:
     or, with --feature-views or --head-augment, augmented views extracted under the run's precision and cached."""
     if uses_contract_features(run):
         return {k: v.unsqueeze(0) for k, v in contract_features(run).items() if k in ("train", "val")}
-    t = run.cfg.train
+    o, channels_last, augment = run.cfg.optim, run.cfg.hardware.channels_last, run.cfg.augment.augment
 
     def views(name: str) -> int:
-        return t.feature_views if name == "train" else 0
+        return o.feature_views if name == "train" else 0
 
     return split_features(
         run, ("train", "val"),
-        lambda split, name: extract_features(run.model, split.images, run.predictor.preprocessing, views(name), t.seed,
-                                             precision=run.precision, channels_last=t.channels_last, augment=t.augment),
-        lead=[], tail=lambda name: [str(views(name)), str(t.seed), run.precision, str(t.channels_last), t.augment])
+        lambda split, name: extract_features(run.model, split.images, run.predictor.preprocessing, views(name), o.seed,
+                                             precision=run.precision, channels_last=channels_last, augment=augment),
+        lead=[], tail=lambda name: [str(views(name)), str(o.seed), run.precision, str(channels_last), augment])
 
 
 @dataclass
@@ -283,7 +283,7 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device banners and tips
     warnings.filterwarnings("ignore", ".*treespec.*")
     get_spec(cfg.model.model)  # fail on an unknown model before decoding anything
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
     writer = launched_as_global_zero()
     splits, scheme = prepare_splits(cfg)
     cfg = with_balance_resolved(cfg, splits["train"])
@@ -310,21 +310,21 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
     prep = Preprocessing(cfg.data.img_size, *normalisation(model), intensity=cfg.data.intensity, tta=cfg.data.tta)
     run = Run(cfg, out, writer, scheme, decoded, Predictor(model=model, scheme=scheme, preprocessing=prep), origin,
-              resolve_precision(cfg.train.precision), synthetic, resume=resume)
-    if cfg.train.class_weights:
+              resolve_precision(cfg.hardware.precision), synthetic, resume=resume)
+    if cfg.loss.class_weights:
         run.class_weights = balanced_class_weights(scheme.task, list(run.targets("train")), scheme.num_outputs)
-    if cfg.train.balance != "none":
-        run.sample_weights = balance_weights(decoded["train"].samples, cfg.train.balance)
+    if cfg.loss.balance != "none":
+        run.sample_weights = balance_weights(decoded["train"].samples, cfg.loss.balance)
     return run
 
 
 def with_balance_resolved(cfg: Config, train: list) -> Config:
     """The config with --balance auto made concrete (view where the training images carry views, else none),
     so config.yaml says what was done; an explicit --balance view without views is an error."""
-    by = cfg.train.balance
+    by = cfg.loss.balance
     has = any(s.view for s in train)
     if by == "auto":
-        return replace(cfg, train=replace(cfg.train, balance="view" if has else "none"))
+        return replace(cfg, loss=replace(cfg.loss, balance="view" if has else "none"))
     if by == "view" and not has:
         raise DataError(f"{cfg.data.data}: --balance view needs each image's view (a 'view' column in a CSV "
                         f"manifest); none of the {len(train)} training images has one")
@@ -336,19 +336,19 @@ def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
     cfg, bs = run.cfg, run.cfg.data.batch_size
     prep = run.predictor.preprocessing
     targets = {k: list(run.targets(k)) for k in ("train", "val")}
-    on_features = stage == "head" and cfg.train.head_features and (not cfg.train.head_augment or cfg.train.feature_views > 0)
+    on_features = stage == "head" and cfg.optim.head_features and (not cfg.augment.head_augment or cfg.optim.feature_views > 0)
     if on_features:
         feats = head_features(run)
-        module = ClassifierModule(run.model, run.scheme, stage, cfg.train, stage_criterion(run),
+        module = ClassifierModule(run.model, run.scheme, stage, cfg.optim, cfg.loss, cfg.hardware, stage_criterion(run),
                                   head_fn=head_split(run.model)[1], preprocessing=prep)
         data = StageData(FeatureDataset(feats["train"], targets["train"]), FeatureDataset(feats["val"], targets["val"]),
-                         bs, 0, cfg.train.seed)
+                         bs, 0, cfg.optim.seed)
         return module, data
-    module = ClassifierModule(run.model, run.scheme, stage, cfg.train, stage_criterion(run), preprocessing=prep)
-    augment = stage == "finetune" or cfg.train.head_augment
-    train_ds = make_dataset(run.decoded["train"], run.scheme, prep, train=augment, augment=cfg.train.augment)
+    module = ClassifierModule(run.model, run.scheme, stage, cfg.optim, cfg.loss, cfg.hardware, stage_criterion(run), preprocessing=prep)
+    augment = stage == "finetune" or cfg.augment.head_augment
+    train_ds = make_dataset(run.decoded["train"], run.scheme, prep, train=augment, augment=cfg.augment.augment)
     val_ds = make_dataset(run.decoded["val"], run.scheme, prep, train=False)
-    return module, StageData(train_ds, val_ds, bs, cfg.data.workers, cfg.train.seed)
+    return module, StageData(train_ds, val_ds, bs, cfg.data.workers, cfg.optim.seed)
 
 
 def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing: bool) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -358,24 +358,24 @@ def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing:
     if run.writer and not continuing:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(run.out / "logs" / stage, ignore_errors=True)
-    mode = "min" if cfg.train.monitor == "val_loss" else "max"
-    averaging = stage == "finetune" and cfg.train.ema_decay > 0
+    mode = "min" if cfg.optim.monitor == "val_loss" else "max"
+    averaging = stage == "finetune" and cfg.optim.ema_decay > 0
     # the average replaces the weights in a checkpoint through a callback hook, which weights-only saves skip
-    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.train.monitor, mode=mode, save_weights_only=not averaging)
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.optim.monitor, mode=mode, save_weights_only=not averaging)
     # monitor None, top 1: the latest epoch, replacing the one before (save_last only follows another save)
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     shown, bar = progress_callbacks(stage, n_train, progress and run.writer)
     trainer = L.Trainer(
-        max_epochs=cfg.train.epochs_head if stage == "head" else cfg.train.epochs_finetune,
-        accelerator=cfg.train.accelerator,
-        devices=cfg.train.devices,
+        max_epochs=cfg.optim.epochs_head if stage == "head" else cfg.optim.epochs_finetune,
+        accelerator=cfg.hardware.accelerator,
+        devices=cfg.hardware.devices,
         precision=run.precision,
-        num_nodes=cfg.train.num_nodes,
-        strategy=cfg.train.strategy,
-        deterministic=cfg.train.deterministic,
-        callbacks=[ckpt_cb, last_cb, EarlyStopping(cfg.train.monitor, patience=cfg.train.patience, mode=mode),
+        num_nodes=cfg.hardware.num_nodes,
+        strategy=cfg.hardware.strategy,
+        deterministic=cfg.hardware.deterministic,
+        callbacks=[ckpt_cb, last_cb, EarlyStopping(cfg.optim.monitor, patience=cfg.optim.patience, mode=mode),
                    RandomState(), *shown, KillAfter(stage),
-                   *([EMAWeightAveraging(decay=cfg.train.ema_decay)] if averaging else [])],
+                   *([EMAWeightAveraging(decay=cfg.optim.ema_decay)] if averaging else [])],
         plugins=[CheckedCheckpointIO()],
         logger=CSVLogger(run.out / "logs", name=stage, version=0, flush_logs_every_n_steps=1),  # on disk before a crash
         enable_progress_bar=bar,
@@ -391,7 +391,7 @@ def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing:
 def fit_stage(run: Run, stage: str, progress: bool) -> dict:
     """Train one stage (or, resuming, take it as it finished), keep its best epoch, and score that model."""
     # each stage starts from the same random state, whatever ran before it (a cold or a warm feature cache)
-    L.seed_everything(run.cfg.train.seed + STAGES.index(stage), workers=True, verbose=False)
+    L.seed_everything(run.cfg.optim.seed + STAGES.index(stage), workers=True, verbose=False)
     ckpt_dir = run.out / "checkpoints" / stage
     done = run.resume and stage in read_progress(run.out).done
     if done:  # finished before the interruption: its best weights, scored again below (the same forward pass)
@@ -401,7 +401,7 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
     else:
         last = ckpt_dir / "last.ckpt"
         continuing = run.resume and last.exists()
-        if run.cfg.train.channels_last:
+        if run.cfg.hardware.channels_last:
             run.model.to(memory_format=torch.channels_last)
         module, data = stage_inputs(run, stage)
         trainer, ckpt_cb = make_trainer(run, stage, len(data.train_ds), progress, continuing)
@@ -462,8 +462,8 @@ def keep_earlier_log(log_csv: Path) -> pd.DataFrame:
 def stage_criterion(run: Run) -> TaskLoss:
     """The loss a stage trains with (and scores validation loss with, unweighted by image): the configured
     loss with the run's class weights and, under --balance, its per-image weights."""
-    t = run.cfg.train
-    return TaskLoss(run.scheme.task, t.loss, t.focal_gamma, t.focal_alpha, run.class_weights, run.sample_weights)
+    c = run.cfg.loss
+    return TaskLoss(run.scheme.task, c.loss, c.focal_gamma, c.focal_alpha, run.class_weights, run.sample_weights)
 
 
 def check_same_split(path: Path, splits: dict) -> None:

@@ -1,0 +1,62 @@
+"""Commands about data and models before training: data check, data split, models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import tables
+from .app import _Command, app, data_app
+
+
+@data_app.command("check", cls=_Command)
+def data_check(
+    data: str = typer.Argument(..., metavar="DATA", help="ImageFolder root or CSV manifest."),
+    normal_class: str = typer.Option("normal", help="Class name meaning Normal (any case)."),
+    max_distance: int = typer.Option(4, min=0, help="Near duplicates: largest Hamming distance between 256-bit dHashes."),
+    out: Optional[Path] = typer.Option(None, help="Also write the full report as JSON here."),
+):
+    """Counts, unreadable files, modes and sizes, class and split spellings, duplicates (across splits, or with
+    two labels in one split) and patients across splits. Exit 1 where training would fail or be wrong."""
+    import json
+
+    from ..data.check import check_dataset
+
+    r = check_dataset(data, max_distance, normal_class)
+    typer.echo(tables.data_check(r))
+    if out:
+        out.write_text(json.dumps(r, indent=2))
+    if r["problems"]:
+        typer.secho("FAIL: " + "; ".join(r["problems"]), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo("OK: no leakage across splits, no conflicting labels, every file readable")
+
+
+@data_app.command("split", cls=_Command)
+def data_split(
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="CSV manifest with path,label[,patient_id,...]."),
+    out: Optional[Path] = typer.Option(None, help="Output manifest.  [default: MANIFEST-split.csv beside it]"),
+    val: float = typer.Option(0.15, help="Validation fraction."),
+    test: float = typer.Option(0.15, help="Test fraction."),
+    seed: int = typer.Option(42, help="Random seed of the split."),
+):
+    """A patient-level, label-stratified train/val/test split, written as a `split` column."""
+    from ..data.check import split_manifest
+
+    out = out or manifest.with_name(f"{manifest.stem}-split.csv")
+    counts = split_manifest(manifest, out, val, test, seed)
+    typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" images -> {out}")
+
+
+@app.command(cls=_Command)
+def models():
+    """List supported models and whether their ImageNet weights are usable offline here."""
+    from ..models.backbones import REGISTRY, offline_weights_source
+
+    typer.echo(f"{'model':20s} {'timm':24s} offline ImageNet weights")
+    for name, spec in REGISTRY.items():
+        src = offline_weights_source(name)
+        typer.echo(f"{name:20s} {spec.timm_name:24s} {'yes (' + src + ')' if src else 'no: needs the hub, or --weights FILE'}")
+    typer.echo("\nAny other timm model name also works, with hub weights, --weights FILE or --no-pretrained.")

@@ -1,0 +1,101 @@
+"""What the commands print, formatted in one place: summaries, prediction and comparison tables, the audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluation.summary import ci_line, summary_table
+
+SCREENFUL = 20  # predictions shown on the terminal; the file has them all
+
+
+def tail(path: str, width: int) -> str:
+    return path if len(path) <= width else "..." + path[-(width - 3):]
+
+
+def ci(m: dict, key: str) -> str:
+    """A figure with its 95% interval, where it has one."""
+    c = (m.get("ci95") or {}).get(key)
+    if m.get(key) is None:
+        return "n/a"
+    return f"{m[key]:.3f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c and c[0] is not None else "")
+
+
+def evaluation(metrics: dict) -> str:
+    """The operating points and sources of an evaluation, its intervals and calibration."""
+    split = metrics["split"]
+    rows = {f"{split} @{k[3:]}": v for k, v in metrics["binary"].items()}
+    rows.update({f"  {k}": v for k, v in metrics.get("per_source", {}).items()})
+    cal = metrics["calibration"]
+    return "\n".join([summary_table(rows), ci_line(metrics), f"ECE {cal['ece']:.3f}" + (
+        f" (temperature {cal['temperature']:.2f}; before scaling {cal['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in cal else "")])
+
+
+def audit(result: dict) -> str:
+    lines = [f"\nshortcut audit ({result['n']} images, {result['n_infected']} infected):"]
+    for r in result["conditions"].values():
+        c = r["roc_auc_ci95"] or [None, None]
+        auc = "n/a" if r["roc_auc"] is None else f"{r['roc_auc']:.3f}"
+        lines.append(f"  {r['description']:52s} ROC-AUC {auc}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c[0] is not None else ""))
+    lines.append(result["verdict"])
+    return "\n".join(lines)
+
+
+def adaptation(r: dict) -> str:
+    return "\n".join(f"  {name:6s} ROC-AUC {ci(r[name], 'roc_auc')}  sensitivity {ci(r[name], 'sensitivity')}  "
+                     f"specificity {ci(r[name], 'specificity')}" for name in ("before", "after"))
+
+
+def predictions(df: pd.DataFrame, threshold: float, rule: str, out: str, to_stdout: bool) -> str:
+    """The first screenful of a predictions table, the counts, and what got no decision or is unlike training."""
+    shown = df.head(SCREENFUL)
+    width = min(60, max(len(p) for p in shown["path"]))
+    ood = "out_of_distribution" in df
+    lines = [f"{'P(infected)':>11s}  {'threshold':>9s}  {'predicted':9s}  {'unlike training' if ood else ''}  path"]
+    lines += [f"{r.p_infected:11.3f}  {r.threshold:9.3f}  {r.predicted or '(none)':9s}  "
+              f"{('YES' if r.out_of_distribution else 'no').ljust(15) if ood else ''}  {tail(r.path, width)}" for r in shown.itertuples()]
+    if len(df) > SCREENFUL:
+        lines.append(f"... and {len(df) - SCREENFUL} more" + ("" if to_stdout else f" (all in {out})"))
+    n_inf, n_normal = int((df["predicted"] == "infected").sum()), int((df["predicted"] == "normal").sum())
+    lines.append(f"{len(df)} image{'s' if len(df) != 1 else ''}: {n_inf} predicted infected, {n_normal} normal (threshold {threshold:.3f}, "
+                 f"{rule or 'chosen on validation'}). Research tool, not a diagnostic device.")
+    unread = df[df["image_quality"] != "ok"]
+    if len(unread):
+        lines.append(f"{len(unread)} image(s) got no decision (image_quality): " + "; ".join(
+            f"{tail(r.path, 40)}: {r.image_quality}" for r in unread.head(3).itertuples()) + (" ..." if len(unread) > 3 else ""))
+    if ood and df["out_of_distribution"].any():
+        lines.append(f"{int(df['out_of_distribution'].sum())} image(s) are unlike the training data: the model's output "
+                     "there is not supported by its validation figures.")
+    if not to_stdout:
+        lines.append(f"written: {out}")
+    return "\n".join(lines)
+
+
+def comparison(r: dict) -> str:
+    lines = [f"{r['data']} split {r['split']}: {r['n']} images, {r['n_infected']} infected",
+             f"{'run':32s} {'model':18s} {'loss':6s} {'ROC-AUC [95% CI]':>24s} {'acc':>7s} {'sens':>7s} {'spec':>7s} {'F1':>7s}"]
+    for row in r["runs"]:
+        c = row["roc_auc_ci95"]
+        auc = f"{row['roc_auc']:.3f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c and c[0] is not None else "")
+        lines.append(f"{Path(row['run']).name[:32]:32s} {str(row['model'])[:18]:18s} {str(row['loss'])[:6]:6s} {auc:>24s} "
+                     f"{row['accuracy']:7.3f} {row['sensitivity']:7.3f} {row['specificity']:7.3f} {row['f1_infected']:7.3f}")
+    for t in r["delong_vs_first"]:
+        lines.append(f"DeLong {Path(t['run_2']).name} - {Path(t['run_1']).name}: AUC difference {-t['difference']:+.3f} "
+                     f"(95% CI [{-t['ci95'][1]:+.3f}, {-t['ci95'][0]:+.3f}]), p = {t['p_value']:.3g}")
+    return "\n".join(lines)
+
+
+def data_check(r: dict) -> str:
+    lines = [f"{split:11s} {info['n']:6d} images  " + ", ".join(f"{k}: {v}" for k, v in sorted(info["classes"].items()))
+             for split, info in r["splits"].items()]
+    lines.append("modes: " + ", ".join(f"{k}: {v}" for k, v in sorted(r["modes"].items())))
+    lines += [f"{k}: min {v['min']}, median {v['median']}, max {v['max']}" for k, v in r["sizes"].items()]
+    lines += [f"NOTE {w}" for w in r["warnings"]]
+    lines += [f"UNREADABLE {u['reason']}" for u in r["unreadable"]]
+    lines += [f"LEAK {d['kind']}: {d['a']} ({d['split_a']}) ~ {d['b']} ({d['split_b']})" for d in r["duplicates_across_splits"]]
+    lines += [f"LEAK patient {pid} in {', '.join(splits)}" for pid, splits in r["patients_in_several_splits"].items()]
+    lines += [f"CONFLICT {d['kind']} with two labels in {d['split_a']}: {d['a']} ({d['label_a']}) ~ {d['b']} ({d['label_b']})"
+              for d in r["conflicting_labels"]]
+    return "\n".join(lines)

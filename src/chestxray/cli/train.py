@@ -1,0 +1,59 @@
+"""`chestxray train` and `chestxray demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import _Command, app
+from .options import config_options
+
+
+@app.command(cls=_Command)
+@config_options()
+def train(
+    out: Optional[Path] = typer.Option(None, help="Run directory to create (required unless --resume)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue this interrupted run from its last complete epoch, with its own config."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out run directory (its files are deleted)."),
+    config: Optional[Path] = typer.Option(None, help="YAML file setting any option below (flat, or nested in the sections below: data, model, optim, loss, augment, calibration, hardware); flags override it."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    overrides: dict = None,
+):
+    """Train a classifier: head stage on the frozen backbone, then fine-tuning; evaluate on test."""
+    from ..jobs.train import run_config, train_run
+    from ..training.runstate import Interrupted, interrupts_raise, read_progress
+
+    try:
+        cfg, out = run_config(out, resume, config, overrides, overwrite)
+        with interrupts_raise():
+            metrics = train_run(cfg, out, progress=not quiet, resume=bool(resume), overwrite=overwrite)
+    except Interrupted as e:
+        done = ", ".join(read_progress(out).done if out and out.exists() else []) or "none"
+        typer.echo(f"\ninterrupted ({e}): stages finished: {done}; an unfinished stage goes on from its last complete epoch. "
+                   f"Resume with: chestxray train --resume {out}", err=True)
+        raise typer.Exit(e.exit_code)
+    if not metrics:  # another DDP process: rank zero reports
+        return
+    typer.echo("\n" + metrics["summary"])
+    typer.echo(f"\nrun directory: {out}  (report: {out / 'report.html'}; metrics.json, plots/, checkpoints/best.ckpt)")
+
+
+@app.command(cls=_Command)
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its data and run."),
+    data: Optional[str] = typer.Option(None, help="Run the same job on real data instead of the synthetic phantoms."),
+    img_size: int = typer.Option(128, min=32, help="Demo input size (small, for a CPU)."),
+    images: int = typer.Option(300, min=30, help="Number of labelled synthetic images to generate."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+):
+    """The whole job offline: synthetic phantoms (or --data), both stages, evaluation, predictions."""
+    from ..jobs.demo import demo_run
+
+    r = demo_run(out, data, img_size, images, progress=not quiet)
+    typer.echo("\n" + r["metrics"]["summary"])
+    if r["predicted"]:
+        typer.echo(f"\npredicted the {r['predicted']} {r['predicted_split']} images -> {r['run'] / 'predictions.csv'}")
+    run = r["run"]
+    typer.echo(f"run directory: {run}  (report: {run / 'report.html'}; metrics.json, plots/, history.csv, checkpoints/best.ckpt)")
