@@ -68,7 +68,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tiny_data
 
 def test_resume_refuses_another_config_and_a_finished_run(uninterrupted, tmp_path):
     res = CliRunner().invoke(app, ["train", "--resume", str(uninterrupted), "--lr", "0.5"])
-    assert res.exit_code == 2 and "train.lr" in res.output and "keeps its config" in res.output
+    assert res.exit_code == 2 and "optim.lr" in res.output and "keeps its config" in res.output
     res = CliRunner().invoke(app, ["train", "--resume", str(uninterrupted)])
     assert res.exit_code == 2 and "finished" in res.output
     res = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
@@ -85,7 +85,7 @@ def test_resume_with_a_config_file_compares_only_what_it_sets(uninterrupted, tmp
     other = tmp_path / "other.yaml"
     other.write_text("train:\n  lr: 0.5\n")
     res = CliRunner().invoke(app, ["train", "--resume", str(uninterrupted), "--config", str(other)])
-    assert res.exit_code == 2 and "train.lr" in res.output and "keeps its config" in res.output
+    assert res.exit_code == 2 and "optim.lr" in res.output and "keeps its config" in res.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("img_size: huge\n")
     res = CliRunner().invoke(app, ["train", "--resume", str(uninterrupted), "--config", str(bad)])
