@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test docs demo quality clean
+.PHONY: setup test test-fast docs demo quality clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist worksteal
+
+# the unit tests only (not marked slow): for development
+test-fast: setup
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site

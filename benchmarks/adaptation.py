@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _common import KERMANY, default_run
 
 
@@ -35,12 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
     args.run = str(default_run(args.run))  # the default run, trained once if missing
-    from chestxray.jobs.adapt import (
-        adapted_predictor,
-        before_after,
-        load_site,
-        split_site,
-    )
+    from chestxray.jobs.adapt import adapted_predictor, before_after, load_site, split_site
     from chestxray.models.calibration import ThresholdRule
     from chestxray.models.predictor import Predictor
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from _common import EVALS, ROOT, auc_ci, patients, predictions
 
 

@@ -25,6 +25,7 @@ import sys
 import time
 
 import numpy as np
+
 from _common import CXR, KERMANY
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _common import ROOT, default_run
 
 SETTINGS = {"batching on": ["--max-batch", "16"], "batching off": ["--max-batch", "1"]}

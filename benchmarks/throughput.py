@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from _common import ROOT, endless, naive_finetune_ips, naive_head_epoch_seconds
 
 REAL = ROOT.parent / "shared" / "data" / "cxr-nih-cohen"
@@ -64,12 +65,7 @@ def chestxray_run(model_name: str, data: Path, size: int, bs: int, batches: int,
     from chestxray.data.sources import load_samples
     from chestxray.data.transforms import Preprocessing
     from chestxray.models.backbones import create_model, normalisation
-    from chestxray.models.features import (
-        FeatureDataset,
-        autocast_for,
-        extract_features,
-        head_split,
-    )
+    from chestxray.models.features import FeatureDataset, autocast_for, extract_features, head_split
     from chestxray.training.module import ClassifierModule
     from chestxray.training.stages import resolve_precision
 

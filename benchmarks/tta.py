@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from _common import SHARED, auc_ci, default_run
 
 SETS = {"views (all six)": [0, 1, 2, 3, 4, 5], "intensity only (image, gamma 0.8, 1.25)": [0, 4, 5]}

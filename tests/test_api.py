@@ -54,6 +54,7 @@ def test_predict_names_an_unreadable_file_or_skips_it(tiny_run, tmp_path):
     assert res.exit_code == 2 and "none of the 1 image(s) could be read" in res.output and "bad.png" in res.output
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_give_the_cli_numbers(tiny_data, tmp_path):
     m_api = chestxray.train(tiny_data, tmp_path / "api", **OPTIONS)
     res = CliRunner().invoke(app, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "cli"), *FLAGS])

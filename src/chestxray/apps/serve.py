@@ -259,13 +259,7 @@ def create_app(model: str | Path, max_upload_mb: float = MAX_UPLOAD_MB, max_file
                engine: str = "torch"):
     """The FastAPI application serving `model` (a run directory, best.ckpt or exported .onnx; `engine` as in
     `engines.load_on`)."""
-    from prometheus_client import (
-        CONTENT_TYPE_LATEST,
-        CollectorRegistry,
-        Counter,
-        Histogram,
-        generate_latest,
-    )
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
     service = Service(model, max_batch, max_wait_ms, engine)
     registry = CollectorRegistry()

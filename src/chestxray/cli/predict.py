@@ -10,14 +10,7 @@ import typer
 from ..errors import ChestXrayError
 from . import tables
 from .app import _Command, app
-from .options import (
-    ENGINE_OPT,
-    MODEL_ARG,
-    PATHS_ARG,
-    RUN_ARG,
-    SKIP_BAD_OPT,
-    config_options,
-)
+from .options import ENGINE_OPT, MODEL_ARG, PATHS_ARG, RUN_ARG, SKIP_BAD_OPT, config_options
 
 
 @app.command(cls=_Command)
@@ -34,12 +27,7 @@ def predict(
 ):
     """Predict P(infected), the label at the run's validation threshold, and per-class probabilities."""
     from ..apps.engines import load_on
-    from ..apps.predict import (
-        check_predictions_out,
-        expand_paths,
-        prediction_table,
-        write_predictions,
-    )
+    from ..apps.predict import check_predictions_out, expand_paths, prediction_table, write_predictions
     from ..data.sources import Sample, read_manifest
     from ..models.predictor import checkpoint_path
 

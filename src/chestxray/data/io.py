@@ -153,11 +153,7 @@ def _parse_dicom(path: Path):
     a missing Transfer Syntax UID is inferred from how the file parsed."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.uid import (
-        ExplicitVRBigEndian,
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-    )
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
         ds = pydicom.dcmread(path)

@@ -22,10 +22,7 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
 
 
 def _targets(loaded: Predictor, logits: torch.Tensor):
-    from pytorch_grad_cam.utils.model_targets import (
-        BinaryClassifierOutputTarget,
-        ClassifierOutputTarget,
-    )
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
 
     scheme = loaded.scheme
     if scheme.task == "binary":

@@ -5,13 +5,7 @@ the rules that choose thresholds in `models.calibration`."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    classification_report,
-    f1_score,
-    jaccard_score,
-    roc_auc_score,
-)
+from sklearn.metrics import average_precision_score, classification_report, f1_score, jaccard_score, roc_auc_score
 
 
 def _safe(fn, *args, **kw) -> float | None:

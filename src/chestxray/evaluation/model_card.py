@@ -13,13 +13,7 @@ from ..files import sha256, write_text
 from ..models.predictor import Predictor, run_directory
 from ..notices import RESEARCH_NOTE
 from ..notices import VERSION as __version__
-from ..rundir import (
-    RunDir,
-    operating_points,
-    read_evaluations,
-    read_metrics,
-    read_split,
-)
+from ..rundir import RunDir, operating_points, read_evaluations, read_metrics, read_split
 
 
 def point_label(name: str) -> str:
@@ -183,6 +177,6 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
 
 
 def write_model_card(predictor: Predictor, run_dir: Path) -> Path:
-    path = Path(run_dir) / "model_card.md"
+    path = RunDir(run_dir).model_card
     write_text(path, run_model_card(predictor, Path(run_dir)))
     return path

@@ -10,6 +10,7 @@ import yaml
 
 from ..files import write_text
 from ..notices import RESEARCH_NOTE, SYNTHETIC_NOTE
+from ..rundir import RunDir
 
 KEYS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1_infected", "macro_f1")
 
@@ -183,11 +184,11 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
     parts += metrics_section(metrics)
     parts += ood_section(metrics.get("out_of_distribution"))
     parts += audit_section(metrics.get("audit"))
-    parts += figures_section(outdir / "plots", cam_pngs)
+    parts += figures_section(RunDir(outdir).plots, cam_pngs)
     parts += caveats_section(metrics)
     if config:
         parts.append(f"<h2>Configuration</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
     parts.append("</body></html>")
-    path = outdir / "report.html"
+    path = RunDir(outdir).report
     write_text(path, "\n".join(parts))
     return path

@@ -20,33 +20,15 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..data.sources import (
-    DataError,
-    Sample,
-    carve_validation,
-    discover,
-    is_synthetic,
-    patient_groups,
-)
+from ..data.sources import DataError, Sample, carve_validation, discover, is_synthetic, patient_groups
 from ..errors import ChestXrayError
 from ..evaluation.intervals import bootstrap_ci
 from ..evaluation.metrics import binary_metrics
 from ..evaluation.model_card import write_model_card
-from ..models.calibration import (
-    DEFAULT_TARGET_SENSITIVITY,
-    ThresholdRule,
-    fit_temperature,
-)
+from ..models.calibration import DEFAULT_TARGET_SENSITIVITY, ThresholdRule, fit_temperature
 from ..models.load import load_predictor
 from ..models.predictor import Predictor, checkpoint_path, run_directory
-from ..rundir import (
-    MetricsHeader,
-    RunDir,
-    SplitRow,
-    write_json,
-    write_metrics,
-    write_split,
-)
+from ..rundir import MetricsHeader, RunDir, SplitRow, write_json, write_metrics, write_split
 from ..training.losses import TaskLoss, balanced_class_weights
 from .evaluate import write_run_outputs
 

@@ -14,37 +14,19 @@ import torch
 from ..config import Config
 from ..data.datamodule import DecodedSplit
 from ..data.quality import OK
-from ..data.sources import (
-    DataError,
-    Sample,
-    evaluation_samples,
-    is_synthetic,
-    patient_groups,
-)
+from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, patient_groups
 from ..errors import ChestXrayError
 from ..evaluation import plots
 from ..evaluation.audit import audit
 from ..evaluation.explain import cam_examples
 from ..evaluation.intervals import bootstrap_ci, per_source
-from ..evaluation.metrics import (
-    binary_metrics,
-    expected_calibration_error,
-    multiclass_metrics,
-    multilabel_metrics,
-)
+from ..evaluation.metrics import binary_metrics, expected_calibration_error, multiclass_metrics, multilabel_metrics
 from ..evaluation.report import write_report
 from ..files import write_text
 from ..models.load import load_predictor
 from ..models.predictor import Predictor, run_directory
 from ..notices import RESEARCH_NOTE, SYNTHETIC_NOTE
-from ..rundir import (
-    EvaluationRecord,
-    MetricsHeader,
-    RunDir,
-    read_metrics,
-    record_evaluation,
-    write_metrics,
-)
+from ..rundir import EvaluationRecord, MetricsHeader, RunDir, read_metrics, record_evaluation, write_metrics
 
 log = logging.getLogger("chestxray")
 
@@ -160,7 +142,7 @@ def write_run_outputs(
         plots.learning_curves(history, plot_dir / "learning_curves.png", note)
     if summarise is not None:
         metrics["summary"] = summarise(metrics)
-    write_metrics(outdir / "metrics.json", metrics)
+    write_metrics(RunDir(outdir).metrics, metrics)
     write_text(RunDir(outdir).predictions(header.split), table.to_csv(index=False))
     write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits) if predictor.model is not None else [])  # Grad-CAM needs PyTorch
     return metrics
@@ -180,7 +162,7 @@ def evaluation_folder(run_dir: Path, data: str | Path, split: str, name: str | N
 def claim_evaluation_folder(out: Path, data: str | Path, split: str, overwrite: bool) -> None:
     """An evaluation folder holds one evaluation: the same data and split again replaces it (and says so);
     another evaluation's folder is replaced only with `overwrite`."""
-    earlier = out / "metrics.json"
+    earlier = RunDir(out).metrics
     if not earlier.exists():
         return
     try:

@@ -28,6 +28,7 @@ from ..data.sources import Sample
 from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
 from ..files import load_checked, save_checked
+from ..rundir import RunDir
 from .backbones import head_prefixes
 from .folding import folded_copy
 from .ood import FeatureDensity
@@ -300,7 +301,7 @@ def run_directory(model: str | Path) -> Path:
 def checkpoint_path(run_or_ckpt: str | Path) -> Path:
     p = Path(run_or_ckpt)
     if p.is_dir():
-        p = p / "checkpoints" / "best.ckpt"
+        p = RunDir(p).best_checkpoint
     if not p.exists():
         raise CheckpointError(f"{p}: no checkpoint found (give a run directory, a best.ckpt file or an exported .onnx file)")
     return p

@@ -126,7 +126,7 @@ def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     The caller holds the run's lock (`run_lock`)."""
     exists = bool(run_files(out))
     if resume:
-        if not (out / "config.yaml").exists():
+        if not RunDir(out).config.exists():
             raise RunDirError(f"{out}: not a run directory to resume (no config.yaml); start it with --out")
         return
     if not exists:

@@ -20,11 +20,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import (
-    EarlyStopping,
-    EMAWeightAveraging,
-    ModelCheckpoint,
-)
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
@@ -33,32 +29,14 @@ from ..data.cache import default_cache_dir, file_key
 from ..data.check import one_class_validation, quick_check
 from ..data.datamodule import DecodedSplit, decode_split, make_dataset
 from ..data.labels import TaskScheme
-from ..data.sources import (
-    DataError,
-    carve_validation,
-    discover,
-    is_synthetic,
-)
+from ..data.sources import DataError, carve_validation, discover, is_synthetic
 from ..data.transforms import Preprocessing
 from ..files import load_checked, write_text
 from ..models.backbones import create_model, get_spec, normalisation
-from ..models.features import (
-    FeatureDataset,
-    cached_features,
-    extract_features,
-    head_split,
-    state_fingerprint,
-)
+from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
 from ..models.predictor import Predictor
 from ..notices import SYNTHETIC_NOTE
-from ..rundir import (
-    RunDir,
-    SkippedFile,
-    read_split,
-    split_rows,
-    write_skipped,
-    write_split,
-)
+from ..rundir import RunDir, SkippedFile, read_split, split_rows, write_skipped, write_split
 from .losses import TaskLoss, balance_weights, balanced_class_weights
 from .module import ClassifierModule
 from .progress import progress_callbacks
@@ -142,8 +120,8 @@ def prepare_splits(cfg: Config):
     return {k: [s for s in v if s.label] for k, v in splits.items() if k in ("train", "val", "test")}, scheme
 
 
-def read_history(log_dir: Path, stage: str, offset: int) -> pd.DataFrame:
-    path = log_dir / stage / "version_0" / "metrics.csv"
+def read_history(files: RunDir, stage: str, offset: int) -> pd.DataFrame:
+    path = files.stage_log(stage)
     if not path.exists():
         return pd.DataFrame()
     df = pd.read_csv(path).drop(columns=["step"], errors="ignore")
@@ -354,10 +332,11 @@ def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
 def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing: bool) -> tuple[L.Trainer, ModelCheckpoint]:
     """The stage's Trainer: best epoch (weights) and last epoch (everything, for --resume) checkpointed each epoch."""
     cfg = run.cfg
-    ckpt_dir = run.out / "checkpoints" / stage
+    files = RunDir(run.out)
+    ckpt_dir = files.stage_checkpoints(stage)
     if run.writer and not continuing:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.rmtree(run.out / "logs" / stage, ignore_errors=True)
+        shutil.rmtree(files.logs / stage, ignore_errors=True)
     mode = "min" if cfg.optim.monitor == "val_loss" else "max"
     averaging = stage == "finetune" and cfg.optim.ema_decay > 0
     # the average replaces the weights in a checkpoint through a callback hook, which weights-only saves skip
@@ -377,7 +356,7 @@ def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing:
                    RandomState(), *shown, KillAfter(stage),
                    *([EMAWeightAveraging(decay=cfg.optim.ema_decay)] if averaging else [])],
         plugins=[CheckedCheckpointIO()],
-        logger=CSVLogger(run.out / "logs", name=stage, version=0, flush_logs_every_n_steps=1),  # on disk before a crash
+        logger=CSVLogger(files.logs, name=stage, version=0, flush_logs_every_n_steps=1),  # on disk before a crash
         enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=1,
@@ -392,7 +371,8 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
     """Train one stage (or, resuming, take it as it finished), keep its best epoch, and score that model."""
     # each stage starts from the same random state, whatever ran before it (a cold or a warm feature cache)
     L.seed_everything(run.cfg.optim.seed + STAGES.index(stage), workers=True, verbose=False)
-    ckpt_dir = run.out / "checkpoints" / stage
+    files = RunDir(run.out)
+    ckpt_dir = files.stage_checkpoints(stage)
     done = run.resume and stage in read_progress(run.out).done
     if done:  # finished before the interruption: its best weights, scored again below (the same forward pass)
         best = load_checked(ckpt_dir / "best.ckpt", f"{stage} checkpoint", TrainingCheckpointError)["state_dict"]
@@ -405,7 +385,7 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
             run.model.to(memory_format=torch.channels_last)
         module, data = stage_inputs(run, stage)
         trainer, ckpt_cb = make_trainer(run, stage, len(data.train_ds), progress, continuing)
-        log_csv = run.out / "logs" / stage / "version_0" / "metrics.csv"
+        log_csv = files.stage_log(stage)
         earlier = keep_earlier_log(log_csv) if continuing and run.writer else None  # the logger starts its file anew
         if continuing:
             log.info("resuming the %s stage from %s", stage, last)
@@ -426,7 +406,7 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
         return {}
     mark_progress(run.out, done=[stage])
     run.states[stage] = copy.deepcopy(run.model.state_dict())
-    hist = read_history(run.out / "logs", stage, sum(len(h) for h in run.histories))
+    hist = read_history(files, stage, sum(len(h) for h in run.histories))
     run.histories.append(hist)
     splits = [k for k in ("val", "test") if k in run.decoded]
     if stage == "head" and uses_contract_features(run):  # the features the stage trained on: the classifier alone
