@@ -16,29 +16,32 @@ def _safe(fn, *args, **kw) -> float | None:
         return None
 
 
+def confusion_rates(y: np.ndarray, pred: np.ndarray) -> tuple[tuple[int, int, int, int], dict]:
+    """((tp, tn, fp, fn), the rates they give) of labels y (1 = infected) and decisions pred (1 = infected). A rate
+    whose denominator is zero is None."""
+    y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
+    tp, tn = int(np.sum(pred & y)), int(np.sum(~pred & ~y))
+    fp, fn = int(np.sum(pred & ~y)), int(np.sum(~pred & y))
+
+    def div(a, b):
+        return a / b if b else None
+
+    return (tp, tn, fp, fn), {"accuracy": div(tp + tn, len(y)), "sensitivity": div(tp, tp + fn),
+                              "specificity": div(tn, tn + fp), "precision": div(tp, tp + fp), "npv": div(tn, tn + fn)}
+
+
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
     """y: 1 = infected; p: P(infected). Counts and rates at `threshold`, AUCs threshold-free."""
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
     pred = (p >= threshold).astype(int)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
-
-    def div(a, b):
-        return a / b if b else None
-
+    (tp, tn, fp, fn), rates = confusion_rates(y, pred)
     return {
         "threshold": float(threshold),
         "n": int(len(y)),
         "n_infected": int(y.sum()),
         "n_normal": int(len(y) - y.sum()),
-        "accuracy": div(tp + tn, len(y)),
-        "sensitivity": div(tp, tp + fn),
-        "specificity": div(tn, tn + fp),
-        "precision": div(tp, tp + fp),
-        "npv": div(tn, tn + fn),
+        **rates,
         "f1_infected": _safe(f1_score, y, pred, pos_label=1, zero_division=0),
         "macro_f1": _safe(f1_score, y, pred, average="macro", zero_division=0),
         "roc_auc": _safe(roc_auc_score, y, p),
