@@ -36,12 +36,12 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
     args.run = str(default_run(args.run))  # the default run, trained once if missing
+    import chestxray
     from chestxray.jobs.adapt import adapted_predictor, before_after, load_site, split_site
     from chestxray.models.calibration import ThresholdRule
-    from chestxray.models.predictor import Predictor
 
     t0 = time.time()
-    predictor = Predictor.load(args.run)
+    predictor = chestxray.load(args.run).predictor  # the public API's model, its contract underneath
     site = load_site(predictor, args.data)
     rows = []
     for head in (False, True):

@@ -48,11 +48,11 @@ def main(argv=None) -> int:
 
     import onnxruntime as ort
 
+    import chestxray
     from chestxray.apps.export import ContractGraph, export_onnx
     from chestxray.data.sources import evaluation_samples
-    from chestxray.models.predictor import Predictor
 
-    predictor = Predictor.load(args.run)
+    predictor = chestxray.load(args.run).predictor  # the public API's model, its contract underneath
     tmp = tempfile.mkdtemp(prefix="chestxray-bench-")
     onnx_path = args.onnx or export_onnx(args.run, Path(tmp) / "model.onnx")["path"]
     samples = evaluation_samples(Path(args.run) / "split.csv", "val")[1][: args.images]

@@ -29,10 +29,10 @@ def main(argv=None) -> int:
     args.run = str(default_run(args.run))  # the default run, trained once if missing
     from sklearn.metrics import roc_auc_score
 
+    import chestxray
     from chestxray.data.sources import Sample, load_samples
-    from chestxray.models.predictor import Predictor
 
-    predictor = Predictor.load(args.run)
+    predictor = chestxray.load(args.run).predictor  # the public API's model, its contract underneath
     split = pd.read_csv(Path(args.run) / "split.csv", keep_default_na=False)
     scores = {}
     for name in ("val", "test"):

@@ -49,11 +49,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON of the figures [default: RUN/tta.json]")
     args = ap.parse_args(argv)
     args.run = str(default_run(args.run))  # the default run, trained once if missing
+    import chestxray
     from chestxray.data.sources import evaluation_samples, patient_groups
     from chestxray.data.transforms import TTA_VIEWS
-    from chestxray.models.load import load_predictor
 
-    predictor = load_predictor(args.run)
+    predictor = chestxray.load(args.run).predictor  # the public API's model, its contract underneath
     names = [f"zoom {z:g}, gamma {g:g}" for z, g in TTA_VIEWS["views"]]
     evals = {}
     t0 = time.time()
