@@ -20,6 +20,7 @@ import pandas as pd
 from .apps.engines import load_on
 from .apps.export import TOLERANCE, VERIFY_IMAGES, export_onnx
 from .apps.predict import expand_paths, prediction_table
+from .config import BOOTSTRAP_RESAMPLES
 from .data.sources import Sample
 from .errors import ChestXrayError
 from .jobs.evaluate import evaluate_run
@@ -91,7 +92,7 @@ def train(data: str | Path | None = None, out: str | Path | None = None, *, conf
 
 
 def evaluate(model: str | Path, data: str | Path, *, split: str | None = None, out: str | Path | None = None,
-             bootstrap: int = 1000, seed: int | None = None, audit: bool = False, name: str | None = None,
+             bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int | None = None, audit: bool = False, name: str | None = None,
              overwrite: bool = False, skip_bad: bool = False, engine: str = "torch") -> tuple[dict, Path]:
     """Evaluate a run (or an exported file) on `split` of `data` as `chestxray evaluate` does: (the metrics, the folder
     they were written to)."""

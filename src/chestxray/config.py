@@ -36,6 +36,7 @@ MONITORS = ("val_auc", "val_f1", "val_loss")
 OPERATING_POINTS = ("best_f1", "youden", "sensitivity")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+BOOTSTRAP_RESAMPLES = 1000  # the default number of bootstrap resamples, for every command and function that takes one
 
 
 @dataclass
@@ -116,7 +117,7 @@ class CalibrationConfig:
     target_sensitivity: float = option(0.95, "Sensitivity the 'sensitivity' operating point must reach on validation.", gt=0.0, le=1.0)
     target_confidence: float = option(0.0, "With c > 0, the 'sensitivity' operating point reaches --target-sensitivity on new images like the validation ones with probability c (a tolerance bound over the validation positives), not only on validation itself; 0: on validation.", ge=0.0, lt=1.0)
     ood_quantile: float = option(0.95, "Out-of-distribution flag: images scoring above this quantile of the validation images' distances to the training features are flagged.", gt=0.5, lt=1.0)
-    bootstrap: int = option(1000, "Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none).", ge=0)
+    bootstrap: int = option(BOOTSTRAP_RESAMPLES, "Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none).", ge=0)
     audit: bool = option(True, "Shortcut audit of the final model on the evaluation split at the end of training (three more passes over its images: lungs hidden, lungs only, borders hidden); --no-audit skips it (`chestxray audit RUN` runs it later).")
 
 

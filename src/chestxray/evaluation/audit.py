@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import BOOTSTRAP_RESAMPLES
 from ..data.datamodule import DecodedSplit
 from ..data.sources import patient_groups
 from ..models.predictor import Predictor
@@ -54,7 +55,7 @@ def masked(images, hide: np.ndarray) -> np.ndarray:
     return out
 
 
-def audit(predictor: Predictor, split: DecodedSplit, n_boot: int = 1000, seed: int = 0,
+def audit(predictor: Predictor, split: DecodedSplit, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
           original: torch.Tensor | None = None) -> dict:
     """ROC-AUC (with 95% intervals) of the model under each masking condition, and a plain verdict.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import BOOTSTRAP_RESAMPLES
 from ..errors import ChestXrayError
 from .metrics import SCALAR_KEYS, binary_metrics, confusion_rates, too_few_note
 
@@ -83,7 +84,7 @@ def resamples(n: int, groups: list | None, n_boot: int, seed: int):
             yield rng.integers(0, n, n)
 
 
-def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, groups: list | None = None, n_boot: int = 1000, seed: int = 0,
+def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, groups: list | None = None, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                      level: float = 0.95) -> list[float | None]:
     """The ROC-AUC interval of `bootstrap_ci` (the same resamples, so the same interval), computing nothing else."""
     y = np.asarray(y).astype(int)
@@ -98,7 +99,7 @@ def bootstrap_ci(
     p: np.ndarray,
     thresholds: dict[str, float],
     groups: list | None = None,
-    n_boot: int = 1000,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, dict[str, list[float | None]]]:

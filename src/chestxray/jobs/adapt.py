@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import BOOTSTRAP_RESAMPLES, Config
 from ..data.sources import DataError, Sample, carve_validation, discover, is_synthetic, patient_groups
 from ..errors import ChestXrayError
 from ..evaluation.intervals import bootstrap_ci
@@ -200,7 +200,7 @@ def parse_n(n: int | str) -> int | None:
 
 
 def adapt_run(run: str | Path, data: str | Path, out: str | Path, n: int | str = 100, head: bool = False, seed: int = 0,
-              n_boot: int = 1000, skip_bad: bool = False, rule: ThresholdRule = ThresholdRule()) -> dict:
+              n_boot: int = BOOTSTRAP_RESAMPLES, skip_bad: bool = False, rule: ThresholdRule = ThresholdRule()) -> dict:
     """Recalibrate RUN for the site DATA into the run directory OUT; return the before/after comparison.
 
     `n` 'all': adapt on every labelled image, and report the after figures out of fold (`adapt_all`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config import BOOTSTRAP_RESAMPLES
 from ..data.sources import evaluation_samples
 from ..evaluation.audit import audit
 from ..files import write_text
@@ -14,7 +15,7 @@ from .evaluate import evaluation_folder
 
 
 def audit_run(model: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
-              n_boot: int = 1000, skip_bad: bool = False) -> tuple[dict, Path]:
+              n_boot: int = BOOTSTRAP_RESAMPLES, skip_bad: bool = False) -> tuple[dict, Path]:
     """(the audit's figures, the folder of its audit.json: `out`, or RUN/audit/<data>-<split>-<hash of the data's path>)."""
     predictor = load_predictor(model)
     name, samples = evaluation_samples(data, split)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
+from ..config import BOOTSTRAP_RESAMPLES, Config
 from ..data.sources import DataError, evaluation_samples, patient_groups
 from ..errors import ChestXrayError
 from ..evaluation.intervals import bootstrap_ci, delong_test
@@ -17,7 +17,7 @@ from ..models.load import load_predictor
 
 
 def compare_runs(
-    runs: list[Path], data: str | None, split: str | None, out: Path, n_boot: int = 1000, seed: int = 0
+    runs: list[Path], data: str | None, split: str | None, out: Path, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> dict:
     """`split` None: the test split, or all of `data` where it has no splits."""
     if len(runs) < 2:

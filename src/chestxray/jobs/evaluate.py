@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import Config
+from ..config import BOOTSTRAP_RESAMPLES, Config
 from ..data.datamodule import DecodedSplit
 from ..data.quality import OK
 from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, patient_groups
@@ -31,7 +31,7 @@ from ..rundir import EvaluationRecord, MetricsHeader, RunDir, read_metrics, reco
 log = logging.getLogger("chestxray")
 
 
-def evaluate_logits(predictor: Predictor, logits: torch.Tensor, samples: list[Sample], n_boot: int = 1000, seed: int = 0) -> dict:
+def evaluate_logits(predictor: Predictor, logits: torch.Tensor, samples: list[Sample], n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """All metrics of one split from raw logits; the predictor applies its temperature and thresholds.
 
     Every binary metric comes with a 95% bootstrap interval (patient-level where patient ids exist).
@@ -93,7 +93,7 @@ def write_run_outputs(
     logits: torch.Tensor,
     header: MetricsHeader,
     history: pd.DataFrame | None = None,
-    n_boot: int = 1000,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     summarise: Callable[[dict], str] | None = None,
     features: torch.Tensor | None = None,
@@ -177,7 +177,7 @@ def claim_evaluation_folder(out: Path, data: str | Path, split: str, overwrite: 
 
 def evaluate_run(
     run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None, skip_bad: bool = False,
-    n_boot: int = 1000, seed: int | None = None, with_audit: bool = False, name: str | None = None, overwrite: bool = False,
+    n_boot: int = BOOTSTRAP_RESAMPLES, seed: int | None = None, with_audit: bool = False, name: str | None = None, overwrite: bool = False,
     predictor: Predictor | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate a trained run on `split` of `data` (the training data or another dataset).
