@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test test-fast docs demo quality clean
+.PHONY: setup test test-fast docs demo quality lungs-weights clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ docs: setup
 
 demo: setup
 	$(VENV)/bin/chestxray demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA),)
+
+# the lung segmenter shipped in the package: trained on the V7 masks of ../shared/data/lung-masks, then copied in
+lungs-weights: setup
+	$(VENV)/bin/chestxray lungs train --data ../shared/data/lung-masks --out runs/lungs-v7 --epochs 40 --quiet
+	$(PY) -m chestxray.jobs.lungs package runs/lungs-v7
 
 quality: setup
 	$(PY) benchmarks/quality.py

@@ -53,14 +53,15 @@ class Model:
         """The model contract as JSON values (what the checkpoint and the ONNX file store)."""
         return self.predictor.contract()
 
-    def predict(self, images: str | Path | list[str | Path], skip_bad: bool = False) -> pd.DataFrame:
+    def predict(self, images: str | Path | list[str | Path], skip_bad: bool = False, lungs: bool = True) -> pd.DataFrame:
         """One row per image (files, or folders of them): the columns `chestxray predict` writes (path, p_infected,
-        predicted, threshold, p_<class>, ood_score, out_of_distribution, image_quality, run). An unreadable file
+        predicted, threshold, p_<class>, ood_score, out_of_distribution, image_quality, lungs_found, lung_fields, run;
+        `lungs` False: without the lung check). An unreadable file
         stops with an error naming it, or with `skip_bad` is left out and listed in the table's `attrs['skipped']`."""
         paths = expand_paths([images] if isinstance(images, (str, Path)) else list(images))
         if not paths:
             raise ChestXrayError("nothing to predict: no image paths given")
-        df, errors = prediction_table(self.predictor, [Sample(p, None) for p in paths], skip_bad)
+        df, errors = prediction_table(self.predictor, [Sample(p, None) for p in paths], skip_bad, lungs)
         df.attrs["skipped"] = [str(e) for e in errors]
         return df
 
@@ -93,10 +94,12 @@ def train(data: str | Path | None = None, out: str | Path | None = None, *, conf
 
 def evaluate(model: str | Path, data: str | Path, *, split: str | None = None, out: str | Path | None = None,
              bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int | None = None, audit: bool = False, name: str | None = None,
-             overwrite: bool = False, skip_bad: bool = False, engine: str = "torch") -> tuple[dict, Path]:
+             overwrite: bool = False, skip_bad: bool = False, engine: str = "torch", lungs: bool = True,
+             attention: bool = False) -> tuple[dict, Path]:
     """Evaluate a run (or an exported file) on `split` of `data` as `chestxray evaluate` does: (the metrics, the folder
     they were written to)."""
-    return evaluate_run(model, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(model, engine))
+    return evaluate_run(model, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(model, engine),
+                        lungs, None, attention)
 
 
 def export(model: str | Path, out: str | Path, *, images: list[str | Path] | None = None, tolerance: float = TOLERANCE,
@@ -104,3 +107,25 @@ def export(model: str | Path, out: str | Path, *, images: list[str | Path] | Non
     """Write the run's model to `out` (.onnx) once onnxruntime agrees with PyTorch on real images (the run's validation
     images unless `images`); return the verification's figures."""
     return export_onnx(model, out, [str(p) for p in expand_paths(images)] if images else None, tolerance, limit, skip_bad)
+
+
+def segment_lungs(images: str | Path | list[str | Path], out: str | Path | None = None,
+                  lung_model: str | Path | None = None) -> pd.DataFrame:
+    """The lung segmenter on images (files, or folders of them), as `chestxray lungs predict`: per image the lung
+    area as a fraction of the image, `lungs_found` (a plausible pair of lung fields) and `lung_fields` (what was
+    found); with `out`, the masks and overlays written there too."""
+    from .data.io import read_xray
+    from .jobs.lungs import predict_lungs
+    from .models.lungs import default_lung_model, lung_fields
+
+    model = default_lung_model(lung_model)
+    paths = expand_paths([images] if isinstance(images, (str, Path)) else list(images))
+    if out is not None:
+        table = pd.DataFrame(predict_lungs(model, paths, out))
+    else:
+        table = pd.DataFrame({"path": paths})
+    probs = [model.probabilities([read_xray(p)])[0] for p in paths]
+    table["lung_fraction"] = [float((p >= 0.5).mean()) for p in probs]
+    table["lung_fields"] = [lung_fields(p >= 0.5, p) for p in probs]
+    table["lungs_found"] = table["lung_fields"] == "ok"
+    return table

@@ -10,6 +10,7 @@ from ..data.io import list_images
 from ..data.sources import Sample
 from ..errors import ChestXrayError
 from ..files import write_text
+from ..models.lungs import default_lung_model
 from ..models.predictor import Predictor
 from ..notices import RESEARCH_NOTE
 
@@ -55,10 +56,13 @@ def check_predictions_out(out: str, run: str, overwrite: bool = False) -> None:
         raise ChestXrayError(f"{path}: exists and holds {whose}; give another --out, or --overwrite to replace it")
 
 
-def prediction_table(predictor: Predictor, samples: list[Sample], skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
+def prediction_table(predictor: Predictor, samples: list[Sample], skip_bad: bool = False, lungs: bool = True,
+                     lung_model: str | Path | None = None) -> tuple[pd.DataFrame, list]:
     """The table `chestxray predict` writes (one row per readable image: path, p_infected, predicted, threshold,
-    per-class probabilities, ood_score, out_of_distribution, image_quality, run) and the read errors of skipped files."""
-    df, errors = predictor.predict(samples, skip_bad)
+    per-class probabilities, ood_score, out_of_distribution, image_quality, lungs_found, lung_fields, run) and the read
+    errors of skipped files. `lungs`: check for a plausible pair of lung fields with the segmenter (`lung_model`, or
+    the packaged one)."""
+    df, errors = predictor.predict(samples, skip_bad, default_lung_model(lung_model) if lungs else None)
     return df.assign(run=str(predictor.checkpoint)), errors
 
 

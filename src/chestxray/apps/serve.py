@@ -35,6 +35,7 @@ from ..data.cache import decode_resized
 from ..data.io import XrayReadError, sniff
 from ..data.quality import OK, image_quality
 from ..files import sha256
+from ..models.lungs import default_lung_model, lungs_found
 from ..notices import RESEARCH_NOTE
 from ..notices import VERSION as __version__
 from .engines import load_on
@@ -130,6 +131,7 @@ class Service:
         source = (exported.get("source_checkpoint") or {}).get("sha256") or sha256(self.predictor.checkpoint)
         self.model_id = f"{self.predictor.meta.get('model_name')}-{source[:12]}"
         self.card = model_card(self.predictor)
+        self.lungs = default_lung_model()
         self.batcher = MicroBatcher(self.run_batch, max(1, max_batch), max(0.0, max_wait_ms) / 1000)
 
     @property
@@ -157,6 +159,7 @@ class Service:
         p = self.predictor
         with self.lock:
             logits, features = p.forward(images)
+            found, fields = lungs_found(self.lungs, images)
         cols = p.outputs(logits, features if len(features) else None)
         per_class = {k[2:]: v for k, v in cols.items() if k.startswith("p_") and k != "p_infected"}
         if p.scheme.task == "binary":
@@ -164,7 +167,7 @@ class Service:
         out = []
         for i in range(len(images)):
             r = {"p_infected": float(cols["p_infected"][i]), "probabilities": {k: float(v[i]) for k, v in per_class.items()},
-                 "predicted": str(cols["predicted"][i])}
+                 "predicted": str(cols["predicted"][i]), "lungs_found": bool(found[i]), "lung_fields": fields[i]}
             if "predicted_class" in cols:
                 r["predicted_class"] = str(cols["predicted_class"][i])
             if "ood_score" in cols:

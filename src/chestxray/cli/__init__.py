@@ -12,7 +12,7 @@ import sys
 import typer
 
 # isort: off
-from . import train, evaluate, predict, data  # noqa: F401  (each registers its commands on `app`, in this order)
+from . import train, evaluate, predict, data, lungs  # noqa: F401  (each registers its commands on `app`, in this order)
 # isort: on
 from .app import app, setup_logging  # noqa: F401
 

@@ -13,7 +13,9 @@ from .options import (
     BOOTSTRAP_OPT,
     DATA_OPT,
     ENGINE_OPT,
+    LUNG_MODEL_OPT,
     MODEL_ARG,
+    NO_LUNGS_OPT,
     RULE_OPTS,
     RUN_ARG,
     SKIP_BAD_OPT,
@@ -35,6 +37,10 @@ def evaluate(
     seed: Optional[int] = typer.Option(None, help="Bootstrap seed.  [default: the run's training seed, as training's own intervals]"),
     audit: bool = typer.Option(False, "--audit", help="Add the shortcut audit (three more passes over the images)."),
     engine: str = ENGINE_OPT,
+    no_lungs: bool = NO_LUNGS_OPT,
+    lung_model: Optional[Path] = LUNG_MODEL_OPT,
+    attention: bool = typer.Option(False, "--attention", help="Grad-CAM of every image and the share of it inside the "
+                                   "image's dilated lung fields, per class and source (one more pass with gradients)."),
 ):
     """Metrics with 95% intervals at 0.5 and at each validation operating point, calibration, per source, plots.
     Every evaluation is recorded in RUN/evaluations.json, where the model card finds it."""
@@ -42,7 +48,8 @@ def evaluate(
     from ..evaluation.report import ood_line
     from ..jobs.evaluate import evaluate_run
 
-    metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(run, engine))
+    metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(run, engine),
+                                   not no_lungs, lung_model, attention)
     if metrics["split"] == "all":
         typer.echo(f"{data} has no train/val/test splits: evaluated all {metrics['binary']['at_0.5']['n']} labelled images.")
     if metrics["external"]:
@@ -54,6 +61,11 @@ def evaluate(
     if metrics["synthetic"]:
         typer.echo("*** SYNTHETIC phantom data: not chest X-rays ***")
     typer.echo(tables.evaluation(metrics))
+    if metrics.get("lungs") and metrics["lungs"]["n_not_found"]:
+        typer.echo(f"{metrics['lungs']['n_not_found']} of {metrics['lungs']['n']} image(s): no plausible pair of lung fields "
+                   "found (lungs_found in the predictions file)")
+    if metrics.get("attention"):
+        typer.echo(tables.attention(metrics["attention"]))
     if metrics.get("out_of_distribution"):
         typer.echo(ood_line(metrics["out_of_distribution"]))
     if metrics.get("audit"):
@@ -69,11 +81,18 @@ def audit(
     out: Optional[Path] = typer.Option(None, help="Where audit.json goes.  [default: RUN/audit/<data>-<split>-<hash of the data's path>]"),
     bootstrap: int = BOOTSTRAP_OPT,
     skip_bad: bool = SKIP_BAD_OPT,
+    masks: str = typer.Option("lungs", "--masks", help="Lung fields: each image's own, by the lung segmenter (lungs), "
+                              "or a fixed pair of ellipses (ellipse)."),
+    lung_model: Optional[Path] = LUNG_MODEL_OPT,
 ):
     """Shortcut audit: ROC-AUC with the lung fields hidden, with only the lungs kept, and with the borders hidden."""
+    from ..errors import ChestXrayError
+    from ..evaluation.audit import MASK_SOURCES
     from ..jobs.audit import audit_run
 
-    result, out = audit_run(run, data, split, out, bootstrap, skip_bad)
+    if masks not in MASK_SOURCES:
+        raise ChestXrayError(f"--masks must be one of {', '.join(MASK_SOURCES)}; got '{masks}'")
+    result, out = audit_run(run, data, split, out, bootstrap, skip_bad, masks, lung_model)
     typer.echo(tables.audit(result))
     typer.echo(f"written: {out / 'audit.json'}")
 

@@ -10,7 +10,16 @@ import typer
 from ..errors import ChestXrayError
 from . import tables
 from .app import _Command, app
-from .options import ENGINE_OPT, MODEL_ARG, PATHS_ARG, RUN_ARG, SKIP_BAD_OPT, config_options
+from .options import (
+    ENGINE_OPT,
+    LUNG_MODEL_OPT,
+    MODEL_ARG,
+    NO_LUNGS_OPT,
+    PATHS_ARG,
+    RUN_ARG,
+    SKIP_BAD_OPT,
+    config_options,
+)
 
 
 @app.command(cls=_Command)
@@ -24,6 +33,8 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even where it is not this run's predictions file."),
     skip_bad: bool = SKIP_BAD_OPT,
     engine: str = ENGINE_OPT,
+    no_lungs: bool = NO_LUNGS_OPT,
+    lung_model: Optional[Path] = LUNG_MODEL_OPT,
 ):
     """Predict P(infected), the label at the run's validation threshold, and per-class probabilities."""
     from ..apps.engines import load_on
@@ -45,7 +56,7 @@ def predict(
     if not samples:
         raise ChestXrayError("nothing to predict")
     predictor = load_on(run, engine)
-    df, errors = prediction_table(predictor, samples, skip_bad)
+    df, errors = prediction_table(predictor, samples, skip_bad, not no_lungs, lung_model)
     if df.empty:
         raise ChestXrayError(f"none of the {len(samples)} image(s) could be read: " + "; ".join(map(str, errors[:3]))
                              + (" ..." if len(errors) > 3 else ""))

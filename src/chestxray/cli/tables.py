@@ -34,12 +34,28 @@ def evaluation(metrics: dict) -> str:
 
 
 def audit(result: dict) -> str:
-    lines = [f"\nshortcut audit ({result['n']} images, {result['n_infected']} infected):"]
+    source = result.get("mask_source", "ellipse")
+    lungs = ("each image's own lung fields (segmenter" + (f"; {result['n_ellipse_fallback']} image(s) without a plausible "
+             "pair fell back to the ellipses" if result.get("n_ellipse_fallback") else "") + ")") if source == "lungs" else "fixed ellipses"
+    lines = [f"\nshortcut audit ({result['n']} images, {result['n_infected']} infected; lung fields: {lungs}):"]
     for r in result["conditions"].values():
         c = r["roc_auc_ci95"] or [None, None]
         auc = "n/a" if r["roc_auc"] is None else f"{r['roc_auc']:.3f}"
         lines.append(f"  {r['description']:52s} ROC-AUC {auc}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c[0] is not None else ""))
     lines.append(result["verdict"])
+    return "\n".join(lines)
+
+
+def attention(a: dict) -> str:
+    """The share of Grad-CAM inside the dilated lung fields: median [quartiles] and images mostly outside, by group."""
+    def row(name: str, d: dict) -> str:
+        if not d.get("n"):
+            return f"  {name:24s} n/a"
+        return (f"  {name:24s} n={d['n']:4d}  median {d['median']:.2f} [{d['q25']:.2f}, {d['q75']:.2f}]  "
+                f"mostly outside the lungs: {d['mostly_outside']:.0%}")
+    lines = ["Grad-CAM inside the dilated lung fields:", row("all", a["overall"])]
+    for key in ("per_class", "per_source"):
+        lines += [row(name, d) for name, d in (a.get(key) or {}).items()]
     return "\n".join(lines)
 
 
@@ -65,6 +81,9 @@ def predictions(df: pd.DataFrame, threshold: float, rule: str, out: str, to_stdo
     if len(unread):
         lines.append(f"{len(unread)} image(s) got no decision (image_quality): " + "; ".join(
             f"{tail(r.path, 40)}: {r.image_quality}" for r in unread.head(3).itertuples()) + (" ..." if len(unread) > 3 else ""))
+    if "lungs_found" in df and not df["lungs_found"].all():
+        lines.append(f"{int((~df['lungs_found']).sum())} image(s): no plausible pair of lung fields found (lungs_found; "
+                     "lung_fields says what was found): not a frontal chest X-ray as the model knows one.")
     if ood and df["out_of_distribution"].any():
         lines.append(f"{int(df['out_of_distribution'].sum())} image(s) are unlike the training data: the model's output "
                      "there is not supported by its validation figures.")

@@ -131,3 +131,52 @@ def cam_examples(
         captions = [cam_caption(Path(samples[i].path).name, samples[i].label, float(p[i]), loaded.threshold) for i in idx]
         out.append((cam_grid_png(overlays, captions, f"{title} predictions"), f"Grad-CAM, {title} predictions"))
     return out
+
+
+LUNG_DILATION = 0.05  # of the image side: the lung fields grown by this much before measuring attention inside them
+
+
+def dilated(mask: np.ndarray, fraction: float = LUNG_DILATION) -> np.ndarray:
+    from scipy import ndimage
+
+    r = max(1, int(round(fraction * max(mask.shape))))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return ndimage.binary_dilation(mask, structure=(yy ** 2 + xx ** 2) <= r * r)
+
+
+def attention_inside(cams: np.ndarray, masks: list[np.ndarray], fraction: float = LUNG_DILATION) -> np.ndarray:
+    """Per image, the share of its Grad-CAM mass inside its dilated lung fields (cams and masks of the same size); NaN
+    where the CAM is zero everywhere."""
+    out = []
+    for cam, mask in zip(cams, masks):
+        total = float(cam.sum())
+        out.append(float(cam[dilated(mask, fraction)].sum()) / total if total > 0 else float("nan"))
+    return np.array(out)
+
+
+def attention_in_lungs(loaded: Predictor, images, lungs) -> np.ndarray:
+    """The share of each image's Grad-CAM (for its predicted class) inside its dilated lung fields, the lungs found by
+    the segmenter `lungs` on the very image the model saw."""
+    cams, _, shown = gradcam(loaded, images)
+    masks = lungs.masks([(s * 255).round().astype(np.uint8) for s in shown])
+    return attention_inside(cams, masks)
+
+
+def attention_summary(share: np.ndarray, labels: list[str | None], sources: list[str | None]) -> dict:
+    """The distribution of the attention share overall, per class and per source, and the fraction of images whose
+    attention lies mostly (more than half) outside the lungs."""
+    def describe(v: np.ndarray) -> dict:
+        zero = int((~np.isfinite(v)).sum())  # a CAM that is zero everywhere has no share to measure
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return {"n": 0, "n_zero_cam": zero}
+        return {"n": int(len(v)), "n_zero_cam": zero, "median": float(np.median(v)), "q25": float(np.percentile(v, 25)),
+                "q75": float(np.percentile(v, 75)), "mostly_outside": float((v < 0.5).mean())}
+
+    share = np.asarray(share, float)
+    out = {"dilation_fraction_of_side": LUNG_DILATION, "overall": describe(share)}
+    for key, values in (("per_class", labels), ("per_source", sources)):
+        names = sorted({v for v in values if v})
+        if names:
+            out[key] = {n: describe(share[np.array([v == n for v in values])]) for n in names}
+    return out

@@ -14,6 +14,7 @@ from ..models.predictor import Predictor, run_directory
 from ..notices import RESEARCH_NOTE
 from ..notices import VERSION as __version__
 from ..rundir import RunDir, operating_points, read_evaluations, read_metrics, read_split
+from .report import lungs_line
 
 
 def point_label(name: str) -> str:
@@ -148,9 +149,22 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
             lines += ["### Images unlike the training data", "",
                       f"{ood['method']}; flag threshold at the {_f(ood.get('quantile_of_validation'), 2)} quantile of validation. "
                       f"{ood['n_flagged']} of {ood['n']} {split} images flagged ({_f(ood['fraction_flagged'])}).", ""]
+        if m.get("lungs"):
+            lines += ["### Lung check", "", lungs_line(m["lungs"]), ""]
+        for folder, e in [(None, m)] + read_evaluations(run_dir):
+            a = e.get("attention")
+            if a:
+                where = "" if folder is None else f" ({e.get('data')}, {e.get('split')})"
+                o = a["overall"]
+                lines += [f"### Grad-CAM inside the lungs{where}", "",
+                          f"Median share of the Grad-CAM mass inside the dilated lung fields: {_f(o.get('median'))}; images "
+                          f"mostly outside the lungs: {_f(o.get('mostly_outside'))} (n = {o.get('n')}); per class: "
+                          + ", ".join(f"{k} {_f(v.get('median'))}" for k, v in (a.get("per_class") or {}).items()) + ".", ""]
         audit = m.get("audit")
         if audit:
-            lines += ["### Shortcut audit", "", "| images | ROC-AUC [95% CI] |", "|---|---|"]
+            lines += ["### Shortcut audit", "", f"Lung fields: {audit.get('mask_source', 'ellipse')} "
+                      "(each image's own, by the lung segmenter; or fixed ellipses).", "",
+                      "| images | ROC-AUC [95% CI] |", "|---|---|"]
             for r in audit["conditions"].values():
                 c = r.get("roc_auc_ci95") or [None, None]
                 lines.append(f"| {r['description']} | {_f(r['roc_auc'])} [{_f(c[0])}, {_f(c[1])}] |")

@@ -70,6 +70,37 @@ def ood_line(ood: dict) -> str:
     return text + "."
 
 
+def lungs_line(lungs: dict) -> str:
+    """One sentence on the images without a plausible pair of lung fields (terminal, report, card)."""
+    text = (f"{lungs['n_not_found']} of {lungs['n']} images ({100 * lungs['fraction_not_found']:.1f}%) have no plausible "
+            "pair of lung fields by the lung segmenter (lungs_found in the predictions file)")
+    if lungs.get("not_found_by_label"):
+        text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(lungs["not_found_by_label"].items())) + ")"
+    return text + "; they stay in the figures."
+
+
+def lungs_section(lungs: dict | None) -> list[str]:
+    if not lungs:
+        return []
+    cls = "warn" if lungs["fraction_not_found"] > 0.05 else ""
+    return ["<h3>Lung check</h3>", f'<p class="{cls}">{html.escape(lungs_line(lungs))} Such an image (a lateral view, another '
+            "body part, a screenshot) is not a frontal chest film as the model knows one.</p>"]
+
+
+def attention_section(a: dict | None) -> list[str]:
+    if not a:
+        return []
+    rows = [("all", a["overall"])] + [(k, v) for key in ("per_class", "per_source") for k, v in (a.get(key) or {}).items()]
+    cells = "".join(f"<tr><td>{html.escape(name)}</td><td>{d.get('n', 0)}</td><td>{_v(d.get('median'))}</td>"
+                    f"<td>{_v(d.get('q25'))} to {_v(d.get('q75'))}</td><td>{_v(d.get('mostly_outside'))}</td></tr>" for name, d in rows)
+    return ["<h3>Grad-CAM inside the lungs</h3>",
+            "<p>The share of each image's Grad-CAM mass inside its lung fields (found by the lung segmenter, grown by "
+            f"{100 * a['dilation_fraction_of_side']:g}% of the side). Attention mostly outside the lungs is a hint of a "
+            "shortcut, not proof; attention inside them is not proof of the opposite.</p>",
+            "<table><tr><th>group</th><th>n</th><th>median share</th><th>quartiles</th><th>mostly outside</th></tr>"
+            + cells + "</table>"]
+
+
 def ood_section(ood: dict | None) -> list[str]:
     if not ood:
         return []
@@ -86,7 +117,9 @@ def audit_section(audit: dict | None) -> list[str]:
     for name, r in audit["conditions"].items():
         ci = r.get("roc_auc_ci95") or [None, None]
         rows.append(f"<tr><td>{html.escape(r['description'])}</td><td>{_v(r['roc_auc'])}</td><td>[{_v(ci[0])}, {_v(ci[1])}]</td></tr>")
-    return ["<h3>Shortcut audit</h3>", "<table>" + "".join(rows) + "</table>",
+    source = ("each image's own lung fields, by the lung segmenter" if audit.get("mask_source") == "lungs"
+              else "a fixed pair of ellipses where the lungs of a frontal film lie")
+    return ["<h3>Shortcut audit</h3>", f"<p>Lung fields: {source}.</p>", "<table>" + "".join(rows) + "</table>",
             f'<p class="{"warn" if audit["shortcut_suspected"] else ""}">{html.escape(audit["verdict"])}</p>']
 
 
@@ -183,6 +216,8 @@ def write_report(outdir: Path, metrics: dict, config: dict | None = None, cam_pn
     parts += data_section(metrics)
     parts += metrics_section(metrics)
     parts += ood_section(metrics.get("out_of_distribution"))
+    parts += lungs_section(metrics.get("lungs"))
+    parts += attention_section(metrics.get("attention"))
     parts += audit_section(metrics.get("audit"))
     parts += figures_section(RunDir(outdir).plots, cam_pngs)
     parts += caveats_section(metrics)

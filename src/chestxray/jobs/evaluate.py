@@ -18,12 +18,13 @@ from ..data.sources import DataError, Sample, evaluation_samples, is_synthetic, 
 from ..errors import ChestXrayError
 from ..evaluation import plots
 from ..evaluation.audit import audit
-from ..evaluation.explain import cam_examples
+from ..evaluation.explain import attention_in_lungs, attention_summary, cam_examples
 from ..evaluation.intervals import bootstrap_ci, per_source
 from ..evaluation.metrics import binary_metrics, expected_calibration_error, multiclass_metrics, multilabel_metrics
 from ..evaluation.report import write_report
 from ..files import write_text
 from ..models.load import load_predictor
+from ..models.lungs import LungModel, default_lung_model
 from ..models.predictor import Predictor, run_directory
 from ..notices import RESEARCH_NOTE, SYNTHETIC_NOTE
 from ..rundir import EvaluationRecord, MetricsHeader, RunDir, read_metrics, record_evaluation, write_metrics
@@ -98,6 +99,8 @@ def write_run_outputs(
     summarise: Callable[[dict], str] | None = None,
     features: torch.Tensor | None = None,
     with_audit: bool = False,
+    lungs: LungModel | None = None,
+    attention: bool = False,
 ) -> dict:
     """metrics.json, predictions-SPLIT.csv, plots/ and report.html of one split under `outdir`; return the metrics.
 
@@ -109,7 +112,7 @@ def write_run_outputs(
     plot_dir.mkdir(exist_ok=True)
     synthetic = header.synthetic
     note = "SYNTHETIC DATA" if synthetic else None
-    table = predictor.table(split, logits, features)  # every image, flagged ones with an empty decision
+    table = predictor.table(split, logits, features, lungs=lungs)  # every image, flagged ones with an empty decision
     quality = table["image_quality"].to_numpy()
     flagged = np.flatnonzero(quality != OK)
     if len(flagged):  # no label, so no place in the figures: counted, named, excluded
@@ -124,12 +127,20 @@ def write_run_outputs(
                "image_quality": {"n_flagged": int(len(flagged)), "excluded_from_metrics": True,
                                  "flagged": [{"path": table["path"].iloc[i], "reason": quality[i]} for i in flagged]},
                **evaluate_logits(predictor, logits, split.samples, n_boot, seed)}
+    if lungs is not None:
+        metrics["lungs"] = lungs_summary(table)
+    if attention and lungs is not None and predictor.model is not None:
+        log.info("Grad-CAM of %d images and the share of each inside its lung fields", len(split.images))
+        share = attention_in_lungs(predictor, split.images, lungs)
+        metrics["attention"] = attention_summary(share, [s.label for s in split.samples], [s.source for s in split.samples])
+        table["attention_in_lungs"] = np.nan
+        table.loc[table["path"].isin([s.path for s in split.samples]), "attention_in_lungs"] = share
     y = np.array([predictor.scheme.is_infected(s.label) for s in split.samples])
     p = predictor.p_infected(logits)
     if features is not None and predictor.ood is not None:
         metrics["out_of_distribution"] = ood_summary(predictor, y, p, features)
     if with_audit:
-        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits)
+        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits, lungs=lungs)
     log.info("plots, Grad-CAM examples and the report")
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.split} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)
@@ -146,6 +157,16 @@ def write_run_outputs(
     write_text(RunDir(outdir).predictions(header.split), table.to_csv(index=False))
     write_report(outdir, metrics, predictor.meta.get("config"), cam_examples(predictor, split.images, split.samples, logits) if predictor.model is not None else [])  # Grad-CAM needs PyTorch
     return metrics
+
+
+def lungs_summary(table: pd.DataFrame) -> dict:
+    """How many images the segmenter found no plausible pair of lung fields in, by label, and which (kept in the
+    figures: like the feature-density flag, it says the model's output there is not supported)."""
+    missing = table[~table["lungs_found"]]
+    by_label = ({str(k): int(v) for k, v in missing["label"].value_counts().items()} if "label" in table else {})
+    return {"n": int(len(table)), "n_not_found": int(len(missing)), "fraction_not_found": float(len(missing) / max(1, len(table))),
+            "not_found_by_label": by_label, "excluded_from_metrics": False,
+            "not_found": [{"path": r.path, "reason": r.lung_fields} for r in missing.itertuples()][:100]}
 
 
 def evaluation_folder(run_dir: Path, data: str | Path, split: str, name: str | None, under: str = "eval") -> Path:
@@ -178,7 +199,7 @@ def claim_evaluation_folder(out: Path, data: str | Path, split: str, overwrite: 
 def evaluate_run(
     run: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None, skip_bad: bool = False,
     n_boot: int = BOOTSTRAP_RESAMPLES, seed: int | None = None, with_audit: bool = False, name: str | None = None, overwrite: bool = False,
-    predictor: Predictor | None = None,
+    predictor: Predictor | None = None, lungs: bool = True, lung_model: str | Path | None = None, attention: bool = False,
 ) -> tuple[dict, Path]:
     """Evaluate a trained run on `split` of `data` (the training data or another dataset).
 
@@ -209,6 +230,7 @@ def evaluate_run(
         val_threshold=predictor.threshold, unreadable_skipped=[str(e) for e in decoded.errors])
     history = pd.read_csv(history_path) if history_path.exists() else None
     metrics = write_run_outputs(out, predictor, decoded, logits, header, history, n_boot, seed, features=features,
-                                with_audit=with_audit)
+                                with_audit=with_audit, lungs=default_lung_model(lung_model) if lungs or attention else None,
+                                attention=attention)
     record_evaluation(run_dir, EvaluationRecord(str(out.resolve()), str(data), split, header.external, header.data_resolved))
     return metrics, out

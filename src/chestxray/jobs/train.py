@@ -21,6 +21,7 @@ from ..evaluation.summary import ci_line, summary_table
 from ..files import write_text
 from ..models.backbones import get_spec
 from ..models.calibration import ThresholdRule, fit_temperature
+from ..models.lungs import default_lung_model
 from ..models.ood import FeatureDensity
 from ..notices import SYNTHETIC_NOTE
 from ..rundir import MetricsHeader, RunDir
@@ -160,7 +161,7 @@ def finalise_run(run: Run, results: dict) -> dict:
     metrics = write_run_outputs(
         run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
         run.cfg.calibration.bootstrap, run.cfg.optim.seed, lambda m: summarise(results, m, final, split, run.synthetic),
-        run.features[final][split], with_audit=run.cfg.calibration.audit,
+        run.features[final][split], with_audit=run.cfg.calibration.audit, lungs=default_lung_model(),
     )
     write_model_card(predictor, run.out)
     return metrics

@@ -31,6 +31,7 @@ from ..files import load_checked, save_checked
 from ..rundir import RunDir
 from .backbones import head_prefixes
 from .folding import folded_copy
+from .lungs import LungModel, lungs_found
 from .ood import FeatureDensity
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
@@ -200,23 +201,29 @@ class Predictor:
             out["image_quality"] = quality
         return out
 
-    def table(self, split: DecodedSplit, logits: torch.Tensor, features: torch.Tensor | None = None) -> pd.DataFrame:
+    def table(self, split: DecodedSplit, logits: torch.Tensor, features: torch.Tensor | None = None,
+              lungs: "LungModel | None" = None) -> pd.DataFrame:
         """One row per image: its path, `outputs` (with each image's quality), the threshold, and the label and
-        source where known."""
+        source where known. Given the lung segmenter: `lungs_found` (a plausible pair of lung fields, a second,
+        anatomical out-of-distribution signal beside the feature density's) and `lung_fields` (what was found)."""
         cols = self.outputs(logits, features, quality_of(split.images))
         df = pd.DataFrame({"path": [s.path for s in split.samples], "p_infected": cols.pop("p_infected"),
                            "predicted": cols.pop("predicted"), "threshold": self.threshold, **cols})
+        if lungs is not None:
+            df["lungs_found"], df["lung_fields"] = lungs_found(lungs, list(split.images))
         if any(s.label for s in split.samples):
             df["label"] = [s.label or "" for s in split.samples]
         if any(s.source for s in split.samples):
             df["source"] = [s.source or "" for s in split.samples]
         return df
 
-    def predict(self, samples: list[Sample], skip_bad: bool = False) -> tuple[pd.DataFrame, list]:
+    def predict(self, samples: list[Sample], skip_bad: bool = False, lungs: "LungModel | None" = None
+                ) -> tuple[pd.DataFrame, list]:
         """Predictions table for samples (an image without a radiograph's grey levels gets an empty `predicted` and
-        its reason in `image_quality`), and the read errors of skipped files."""
+        its reason in `image_quality`; with the lung segmenter, `lungs_found`), and the read errors of skipped files."""
         split = self.decode(samples, skip_bad)
-        return self.table(split, *self.forward(split.images, desc="predicting" if len(split.images) > BATCH_SIZE else None)), split.errors
+        desc = "predicting" if len(split.images) > BATCH_SIZE else None
+        return self.table(split, *self.forward(split.images, desc=desc), lungs=lungs), split.errors
 
     @property
     def training_data(self) -> Path:

