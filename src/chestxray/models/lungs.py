@@ -70,15 +70,27 @@ class LungModel:
     img_size: int = LUNG_SIZE
     meta: dict = field(default_factory=dict)  # command, data, sources, licence, figures
     path: Path | None = None
+    _fast: nn.Module | None = field(default=None, init=False, repr=False)
+
+    def inference_net(self) -> nn.Module:
+        """An eval-mode copy of `net` with batch-norm folded into the convolutions, in channels_last memory: about 2.8x
+        faster on a CPU than `net`, logits within 1e-4 (models.folding)."""
+        if self._fast is None:
+            from .folding import folded_copy
+
+            example = torch.zeros(1, 3, self.img_size, self.img_size)
+            self._fast = folded_copy(self.net.eval(), example).to(memory_format=torch.channels_last).eval()
+        return self._fast
 
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """P(lung) per pixel of each decoded uint8 (H, W) image, at the image's own size (float32)."""
-        self.net.eval()
+        net = self.inference_net()
         out = []
         for i in range(0, len(images), BATCH):
             chunk = images[i:i + BATCH]
-            p = torch.sigmoid(self.net(to_input(chunk, self.img_size)).float())
+            x = to_input(chunk, self.img_size).contiguous(memory_format=torch.channels_last)
+            p = torch.sigmoid(net(x).float())
             for im, pi in zip(chunk, p):
                 out.append(F.interpolate(pi[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy())
         return out
