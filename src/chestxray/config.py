@@ -117,6 +117,7 @@ class CalibrationConfig:
     target_sensitivity: float = option(0.95, "Sensitivity the 'sensitivity' operating point must reach on validation.", gt=0.0, le=1.0)
     target_confidence: float = option(0.0, "With c > 0, the 'sensitivity' operating point reaches --target-sensitivity on new images like the validation ones with probability c (a tolerance bound over the validation positives), not only on validation itself; 0: on validation.", ge=0.0, lt=1.0)
     ood_quantile: float = option(0.95, "Out-of-distribution flag: images scoring above this quantile of the validation images' distances to the training features are flagged.", gt=0.5, lt=1.0)
+    lung_check: bool = option(True, "At the end of training, check each evaluated image for a plausible pair of lung fields with the bundled lung segmenter (lungs_found in the predictions, counted in metrics.json, the report and the card); --no-lung-check skips it.")
     bootstrap: int = option(BOOTSTRAP_RESAMPLES, "Bootstrap resamples for 95% intervals (patient-level where ids exist; 0: none).", ge=0)
     audit: bool = option(True, "Shortcut audit of the final model on the evaluation split at the end of training (three more passes over its images: lungs hidden, lungs only, borders hidden); --no-audit skips it (`chestxray audit RUN` runs it later).")
 

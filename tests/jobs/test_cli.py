@@ -31,6 +31,8 @@ def test_train_writes_the_run_directory(trained_run):
     assert hist["val_auc"].notna().all() and hist["train_loss"].notna().all()
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == "test" and m["synthetic"] is True
+    assert m["lungs"]["n"] == m["binary"]["at_0.5"]["n"]  # the lung check ran on the evaluated images (--lung-check)
+    assert "lungs_found" in pd.read_csv(out / "predictions-test.csv").columns
     assert set(m["stages"]) == {"head", "finetune"} and m["final_stage"] in m["stages"]
     assert m["binary"]["at_0.5"]["n"] == 10
     assert 0 < m["val_threshold"] < 1

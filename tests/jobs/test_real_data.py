@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(
 def test_head_stage_on_real_data_beats_the_floor(tmp_path):
     out = tmp_path / "real"
     res = CliRunner().invoke(app, ["train", "--data", str(SHARED_DATA / "labels.csv"), "--out", str(out),
-                                   "--stages", "head", "--img-size", "128", "--epochs-head", "3", "--no-audit", "--quiet"])
+                                   "--stages", "head", "--img-size", "128", "--epochs-head", "3", "--no-audit", "--no-lung-check",
+                                   "--quiet"])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["synthetic"] is False and m["split"] == "test"
@@ -41,7 +42,7 @@ def test_head_stage_on_real_data_beats_the_floor(tmp_path):
     images = split[split["split"] == "test"]["path"].tolist()[::10]
     tables = []
     for model in (out, onnx_file):
-        res = CliRunner().invoke(app, ["predict", str(model), *images, "--out", str(tmp_path / f"{model.name}.csv")])
+        res = CliRunner().invoke(app, ["predict", str(model), *images, "--out", str(tmp_path / f"{model.name}.csv"), "--no-lungs"])
         assert res.exit_code == 0, res.output
         tables.append(pd.read_csv(tmp_path / f"{model.name}.csv"))
     a, b = tables

@@ -15,7 +15,8 @@ def test_ddp_two_processes_on_cpu(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "chestxray.cli", "train", "--data", str(tiny_data), "--out", str(out),
            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--precision", "32-true",
-           "--img-size", "64", "--batch-size", "8", "--epochs-head", "2", "--epochs-finetune", "1", "--quiet"]
+           "--img-size", "64", "--batch-size", "8", "--epochs-head", "2", "--epochs-finetune", "1", "--no-audit",
+           "--no-lung-check", "--quiet"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr

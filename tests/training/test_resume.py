@@ -22,7 +22,7 @@ from chestxray.training.runstate import read_progress
 pytestmark = pytest.mark.slow  # integration tests: every one trains, exports or drives a browser
 
 FLAGS = ["--img-size", "64", "--batch-size", "16", "--epochs-head", "3", "--epochs-finetune", "2", "--patience", "10",
-         "--bootstrap", "0", "--deterministic", "--precision", "32-true", "--quiet"]
+         "--bootstrap", "0", "--deterministic", "--precision", "32-true", "--no-audit", "--no-lung-check", "--quiet"]
 
 
 def cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -50,6 +50,7 @@ def test_same_seed_gives_identical_metrics(uninterrupted, tiny_data, tmp_path):
     res = cli("train", "--data", tiny_data, "--out", again, *FLAGS)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (again / "metrics.json").read_text() == (uninterrupted / "metrics.json").read_text()
+    assert "lungs" not in metrics(again) and "audit" not in metrics(again)  # --no-lung-check, --no-audit
 
 
 @pytest.mark.parametrize("kill_after", ["head:2", "finetune:1"])

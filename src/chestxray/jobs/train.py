@@ -161,7 +161,8 @@ def finalise_run(run: Run, results: dict) -> dict:
     metrics = write_run_outputs(
         run.out, predictor, run.decoded[split], run.logits[final][split], header, history,
         run.cfg.calibration.bootstrap, run.cfg.optim.seed, lambda m: summarise(results, m, final, split, run.synthetic),
-        run.features[final][split], with_audit=run.cfg.calibration.audit, lungs=default_lung_model(),
+        run.features[final][split], with_audit=run.cfg.calibration.audit,
+        lungs=default_lung_model() if run.cfg.calibration.lung_check else None,
     )
     write_model_card(predictor, run.out)
     return metrics
