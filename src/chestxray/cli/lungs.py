@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from . import tables
 from .app import _Command, app
 from .options import BOOTSTRAP_OPT, LUNG_MODEL_OPT, PATHS_ARG
 
@@ -30,9 +31,7 @@ def lungs_train(
 
     r = train_lungs(data, out, tuple(s.strip() for s in sources.split(",") if s.strip()), epochs, batch_size, lr, seed, not quiet)
     for split, fig in r["figures"].items():
-        for source, f in fig["sources"].items():
-            typer.echo(f"{split:5s} {source:10s} n={f['n']:3d}  Dice {_ci(f, 'dice')}  IoU {_ci(f, 'iou')}"
-                       + ("" if f["trained_on"] else "  (external: not trained on)"))
+        typer.echo(tables.lung_overlap(fig["sources"], prefix=f"{split:5s} "))
     typer.echo(f"written: {out / 'lungs.pt'}, {out / 'metrics.json'}")
 
 
@@ -50,9 +49,7 @@ def lungs_evaluate(
 
     out = out or Path(f"lungs-{split}.json")
     r = evaluate_lungs(LungModel.load(lung_model), data, split, out, bootstrap)
-    for source, f in r["sources"].items():
-        typer.echo(f"{source:10s} n={f['n']:3d}  Dice {_ci(f, 'dice')}  IoU {_ci(f, 'iou')}"
-                   + ("" if f["trained_on"] else "  (external: not trained on)"))
+    typer.echo(tables.lung_overlap(r["sources"]))
     typer.echo(f"written: {out}")
 
 
@@ -70,7 +67,3 @@ def lungs_predict(
     rows = predict_lungs(LungModel.load(lung_model), expand_paths(paths), out)
     typer.echo(f"{len(rows)} lung masks and overlays -> {out} (lungs.csv lists them)")
 
-
-def _ci(f: dict, key: str) -> str:
-    c = f.get(f"{key}_ci95") or [None, None]
-    return f"{f[key]:.3f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c[0] is not None else "")

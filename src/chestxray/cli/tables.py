@@ -59,6 +59,16 @@ def attention(a: dict) -> str:
     return "\n".join(lines)
 
 
+def lung_overlap(sources: dict, prefix: str = "") -> str:
+    """Dice and IoU of the lung segmenter per source, with intervals; sources it was not trained on said so."""
+    def with_ci(f: dict, key: str) -> str:
+        c = f.get(f"{key}_ci95") or [None, None]
+        return f"{f[key]:.3f}" + (f" [{c[0]:.3f}, {c[1]:.3f}]" if c[0] is not None else "")
+
+    return "\n".join(f"{prefix}{source:10s} n={f['n']:3d}  Dice {with_ci(f, 'dice')}  IoU {with_ci(f, 'iou')}"
+                     + ("" if f["trained_on"] else "  (external: not trained on)") for source, f in sources.items())
+
+
 def adaptation(r: dict) -> str:
     return "\n".join(f"  {name:6s} ROC-AUC {ci(r[name], 'roc_auc')}  sensitivity {ci(r[name], 'sensitivity')}  "
                      f"specificity {ci(r[name], 'specificity')}" for name in ("before", "after"))
