@@ -71,8 +71,8 @@ def test_the_training_loop_learns_generated_lung_fields(tmp_path):
     from chestxray.training.lungs import fit_lungs
 
     samples = read_lung_masks(lung_phantoms(tmp_path / "lm", n=16))
-    net, history = fit_lungs(select(samples, "train"), select(samples, "val"), tmp_path / "out", epochs=10, batch_size=4,
-                             lr=3e-3, progress=False, size=64)
+    net, history = fit_lungs(select(samples, "train"), select(samples, "val"), tmp_path / "out", epochs=6, batch_size=4,
+                             lr=5e-3, progress=False, size=64)
     assert history["best_val_dice"] > 0.8
     model = LungModel(net, img_size=64)
     from chestxray.data.lung_masks import load_sample
