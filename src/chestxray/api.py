@@ -114,18 +114,8 @@ def segment_lungs(images: str | Path | list[str | Path], out: str | Path | None 
     """The lung segmenter on images (files, or folders of them), as `chestxray lungs predict`: per image the lung
     area as a fraction of the image, `lungs_found` (a plausible pair of lung fields) and `lung_fields` (what was
     found); with `out`, the masks and overlays written there too."""
-    from .data.io import read_xray
     from .jobs.lungs import predict_lungs
-    from .models.lungs import default_lung_model, lung_fields
+    from .models.lungs import default_lung_model
 
-    model = default_lung_model(lung_model)
     paths = expand_paths([images] if isinstance(images, (str, Path)) else list(images))
-    if out is not None:
-        table = pd.DataFrame(predict_lungs(model, paths, out))
-    else:
-        table = pd.DataFrame({"path": paths})
-    probs = [model.probabilities([read_xray(p)])[0] for p in paths]
-    table["lung_fraction"] = [float((p >= 0.5).mean()) for p in probs]
-    table["lung_fields"] = [lung_fields(p >= 0.5, p) for p in probs]
-    table["lungs_found"] = table["lung_fields"] == "ok"
-    return table
+    return pd.DataFrame(predict_lungs(default_lung_model(lung_model), paths, out))

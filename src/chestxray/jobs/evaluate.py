@@ -112,7 +112,9 @@ def write_run_outputs(
     plot_dir.mkdir(exist_ok=True)
     synthetic = header.synthetic
     note = "SYNTHETIC DATA" if synthetic else None
-    table = predictor.table(split, logits, features, lungs=lungs)  # every image, flagged ones with an empty decision
+    # the segmenter runs once per image: its probabilities serve the lung check and the audit's own-lung masks
+    lung_probs = lungs.probabilities(list(split.images)) if lungs is not None else None
+    table = predictor.table(split, logits, features, lung_probs)  # every image, flagged ones with an empty decision
     quality = table["image_quality"].to_numpy()
     flagged = np.flatnonzero(quality != OK)
     if len(flagged):  # no label, so no place in the figures: counted, named, excluded
@@ -121,6 +123,7 @@ def write_run_outputs(
         keep = np.flatnonzero(quality == OK)
         split, logits = split.subset(keep), logits[keep]
         features = features[keep] if features is not None else None
+        lung_probs = [lung_probs[i] for i in keep] if lung_probs is not None else None
     log.info("metrics of %d %s images with 95%% intervals (%d bootstrap resamples)", len(split.samples),
              header.split or "", n_boot)
     metrics = {**header.to_dict(), "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if synthetic else []),
@@ -140,7 +143,7 @@ def write_run_outputs(
     if features is not None and predictor.ood is not None:
         metrics["out_of_distribution"] = ood_summary(predictor, y, p, features)
     if with_audit:
-        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits, lungs=lungs)
+        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits, lungs=lungs, lung_probs=lung_probs)
     log.info("plots, Grad-CAM examples and the report")
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.split} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)

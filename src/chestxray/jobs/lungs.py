@@ -18,7 +18,7 @@ from ..data.io import read_xray
 from ..data.lung_masks import LungDataError, read_lung_masks, select
 from ..evaluation.intervals import resamples
 from ..files import write_text
-from ..models.lungs import LungModel, dice_iou
+from ..models.lungs import LungModel, dice_iou, lung_fields
 from ..training.lungs import fit_lungs
 
 log = logging.getLogger("chestxray")
@@ -46,8 +46,8 @@ def train_lungs(data: str | Path, out: str | Path, sources: tuple[str, ...] = ("
         "epochs": epochs, "seed": seed, "licence": V7_LICENCE if tuple(sources) == ("cohen-v7",) else "see the data's terms",
         "train_seconds": round(time.time() - t0, 1), **history})
     model.save(out / "lungs.pt")
-    figures = {split: evaluate_lungs(LungModel.load(out / "lungs.pt"), data, split, n_boot=BOOTSTRAP_RESAMPLES)
-               for split in ("val", "test")}
+    saved = LungModel.load(out / "lungs.pt")  # evaluated as written (fp16), as every user gets it
+    figures = {split: evaluate_lungs(saved, data, split, n_boot=BOOTSTRAP_RESAMPLES) for split in ("val", "test")}
     result = {"model": str(out / "lungs.pt"), **model.meta, "figures": figures}
     write_text(out / "metrics.json", json.dumps(result, indent=2))
     return result
@@ -91,24 +91,32 @@ def evaluate_lungs(model: LungModel, data: str | Path, split: str = "test", out:
     return result
 
 
-def predict_lungs(model: LungModel, paths: list[str], out: str | Path) -> list[dict]:
-    """OUT/<stem>-mask.png (0/255) and OUT/<stem>-overlay.png (the lungs tinted on the image) per image; returns the rows
-    of OUT/lungs.csv (lung area as a fraction of the image)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def predict_lungs(model: LungModel, paths: list[str], out: str | Path | None = None) -> list[dict]:
+    """Per image: the lung area as a fraction of the image, `lungs_found` and `lung_fields` (the lung check), from one
+    pass of the segmenter. With OUT: OUT/<stem>-mask.png (0/255), OUT/<stem>-overlay.png (the lungs tinted on the
+    image) and OUT/lungs.csv (these rows, with each mask's file)."""
+    import pandas as pd
+
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
     rows = []
     for path in paths:
         image = read_xray(path)
-        mask = model.masks([image])[0]
-        stem = Path(path).stem
-        Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"{stem}-mask.png")
-        rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32)
-        rgb[mask] = 0.6 * rgb[mask] + 0.4 * np.array([0, 200, 255], np.float32)
-        Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(out / f"{stem}-overlay.png")
-        rows.append({"path": str(path), "mask": str(out / f"{stem}-mask.png"), "lung_fraction": float(mask.mean())})
-    import pandas as pd
-
-    pd.DataFrame(rows).to_csv(out / "lungs.csv", index=False)
+        prob = model.probabilities([image])[0]
+        mask = prob >= 0.5
+        row = {"path": str(path), "lung_fraction": float(mask.mean()), "lung_fields": lung_fields(mask, prob)}
+        row["lungs_found"] = row["lung_fields"] == "ok"
+        if out is not None:
+            stem = Path(path).stem
+            Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"{stem}-mask.png")
+            rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32)
+            rgb[mask] = 0.6 * rgb[mask] + 0.4 * np.array([0, 200, 255], np.float32)
+            Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(out / f"{stem}-overlay.png")
+            row["mask"] = str(out / f"{stem}-mask.png")
+        rows.append(row)
+    if out is not None:
+        pd.DataFrame(rows).to_csv(out / "lungs.csv", index=False)
     return rows
 
 

@@ -170,10 +170,16 @@ def lung_fields(mask: np.ndarray, prob: np.ndarray | None = None) -> str:
     return "ok"
 
 
+def fields_found(probs: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """Per image, from the segmenter's probabilities: whether they hold a plausible pair of lung fields, and what they
+    hold where they do not."""
+    reasons = [lung_fields(p >= 0.5, p) for p in probs]
+    return np.array([r == "ok" for r in reasons], bool), reasons
+
+
 def lungs_found(model: LungModel, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
     """Per image: whether the segmenter finds a plausible pair of lung fields, and what it found where it does not."""
-    reasons = [lung_fields(p >= 0.5, p) for p in model.probabilities(images)] if images else []
-    return np.array([r == "ok" for r in reasons], bool), reasons
+    return fields_found(model.probabilities(images) if images else [])
 
 
 _DEFAULT: dict[str, LungModel] = {}

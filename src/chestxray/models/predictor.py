@@ -31,7 +31,7 @@ from ..files import load_checked, save_checked
 from ..rundir import RunDir
 from .backbones import head_prefixes
 from .folding import folded_copy
-from .lungs import LungModel, lungs_found
+from .lungs import LungModel, fields_found
 from .ood import FeatureDensity
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
@@ -202,15 +202,15 @@ class Predictor:
         return out
 
     def table(self, split: DecodedSplit, logits: torch.Tensor, features: torch.Tensor | None = None,
-              lungs: "LungModel | None" = None) -> pd.DataFrame:
+              lung_probs: list[np.ndarray] | None = None) -> pd.DataFrame:
         """One row per image: its path, `outputs` (with each image's quality), the threshold, and the label and
-        source where known. Given the lung segmenter: `lungs_found` (a plausible pair of lung fields, a second,
+        source where known. Given the lung segmenter's probabilities for the images: `lungs_found` (a plausible pair of lung fields, a second,
         anatomical out-of-distribution signal beside the feature density's) and `lung_fields` (what was found)."""
         cols = self.outputs(logits, features, quality_of(split.images))
         df = pd.DataFrame({"path": [s.path for s in split.samples], "p_infected": cols.pop("p_infected"),
                            "predicted": cols.pop("predicted"), "threshold": self.threshold, **cols})
-        if lungs is not None:
-            df["lungs_found"], df["lung_fields"] = lungs_found(lungs, list(split.images))
+        if lung_probs is not None:
+            df["lungs_found"], df["lung_fields"] = fields_found(lung_probs)
         if any(s.label for s in split.samples):
             df["label"] = [s.label or "" for s in split.samples]
         if any(s.source for s in split.samples):
@@ -223,7 +223,8 @@ class Predictor:
         its reason in `image_quality`; with the lung segmenter, `lungs_found`), and the read errors of skipped files."""
         split = self.decode(samples, skip_bad)
         desc = "predicting" if len(split.images) > BATCH_SIZE else None
-        return self.table(split, *self.forward(split.images, desc=desc), lungs=lungs), split.errors
+        lung_probs = lungs.probabilities(list(split.images)) if lungs is not None else None
+        return self.table(split, *self.forward(split.images, desc=desc), lung_probs=lung_probs), split.errors
 
     @property
     def training_data(self) -> Path:
