@@ -1,7 +1,7 @@
 """Generalization benchmark: one recipe, in-domain and cross-domain, side by side.
 
     .venv/bin/python benchmarks/generalization.py [--out runs/generalization] [--kermany-images 1500]
-        [--skip-reverse] [--without-nih-pneumonia] [any `chestxray train` flag, applied to both trainings]
+        [--skip-reverse | --skip-forward] [--without-nih-pneumonia] [any `chestxray train` flag, applied to both trainings]
 
 - A: trained on ../shared/data/cxr-nih-cohen (its own patient-level split) -> its test split (overall and
   NIH-only), and -> all of ../shared/data/kermany-peds-train (another hospital, children, another device).
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "generalization"))
     ap.add_argument("--kermany-images", type=int, default=1500, help="images of kermany-peds-train that B trains on (with its val and test)")
     ap.add_argument("--skip-reverse", action="store_true", help="only A (trained on cxr-nih-cohen)")
+    ap.add_argument("--skip-forward", action="store_true", help="only B (trained on the kermany-peds-train subset)")
     ap.add_argument("--seed", type=int, default=42, help="seed of both trainings and of the kermany subset")
     ap.add_argument("--without-nih-pneumonia", action="store_true",
                     help="A trains without the NIH pneumonia images of cxr-nih-cohen (its test split unchanged)")
@@ -103,14 +104,15 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     rows, times = [], {}
-    t0 = time.time()
-    run_a = train(without_nih_pneumonia(out) if args.without_nih_pneumonia else CXR, out / "A-cxr-nih-cohen", flags)
-    m = json.loads((run_a / "metrics.json").read_text())
-    nih = next(s for s in m["per_source"] if s.startswith("nih"))
-    rows += [row("A cxr-nih-cohen -> its test (in-domain)", m), row("A cxr-nih-cohen -> its test, NIH only", m, nih)]
-    ext, _ = evaluate_run(run_a, KERMANY, out=out / "A-on-kermany", bootstrap=1000, overwrite=True)
-    rows.append(row("A cxr-nih-cohen -> all kermany-peds-train (cross-domain)", ext))
-    times["A"] = time.time() - t0
+    if not args.skip_forward:
+        t0 = time.time()
+        run_a = train(without_nih_pneumonia(out) if args.without_nih_pneumonia else CXR, out / "A-cxr-nih-cohen", flags)
+        m = json.loads((run_a / "metrics.json").read_text())
+        nih = next(s for s in m["per_source"] if s.startswith("nih"))
+        rows += [row("A cxr-nih-cohen -> its test (in-domain)", m), row("A cxr-nih-cohen -> its test, NIH only", m, nih)]
+        ext, _ = evaluate_run(run_a, KERMANY, out=out / "A-on-kermany", bootstrap=1000, overwrite=True)
+        rows.append(row("A cxr-nih-cohen -> all kermany-peds-train (cross-domain)", ext))
+        times["A"] = time.time() - t0
     if not args.skip_reverse:
         t0 = time.time()
         run_b = train(kermany_subset(out, args.kermany_images, args.seed), out / "B-kermany", flags)

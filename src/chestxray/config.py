@@ -54,6 +54,9 @@ class DataConfig:
     intensity: str = option("none", "Per-image intensity standardisation before the model, at training and inference: global histogram equalisation, the 1st-99th percentile stretched to the full range, or CLAHE (local, contrast-limited equalisation).", ("none", "equalize", "percentile", "clahe"))
     tta: str = option("none", "Test-time augmentation: 'views' averages the logits of six views (the image, centre crops of 90% and 80%, a 10% black border, gamma 0.8 and 1.25) in every prediction, evaluation and decision; six times the inference cost. Grad-CAM and the out-of-distribution score use the plain view.", ("none", "views"))
     check: bool = option(True, "Check labels, classes and exact duplicates across splits before decoding; stop on a problem.")
+    lung_mask: bool = option(False, "Lung input: outside each image's dilated lung fields (found by the lung segmenter) set to black, in both stages and in every prediction; part of the model contract. An image without a plausible pair of lung fields is taken whole (lungs_found false).")
+    lung_crop: bool = option(False, "Lung input: each image cropped to its lungs' box (with a 10% margin) and resized, in both stages and in every prediction; part of the model contract. With --lung-mask: masked, then cropped.")
+    lung_model: str | None = option(None, "Lung segmenter file for --lung-crop / --lung-mask (stored in the run's checkpoint). [default: the one shipped with the package]")
 
 
 @dataclass

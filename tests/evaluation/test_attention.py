@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from chestxray.evaluation.explain import attention_inside, attention_summary, dilated
+from chestxray.evaluation.explain import attention_inside, attention_summary
+from chestxray.models.lungs import dilated
 from tests.helpers import invoke
 
 

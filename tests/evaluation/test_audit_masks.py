@@ -3,7 +3,7 @@
 import numpy as np
 
 from chestxray.evaluation.audit import lung_mask, masked, regions
-from chestxray.evaluation.explain import dilated
+from chestxray.models.lungs import dilated
 
 
 class FixedLungs:

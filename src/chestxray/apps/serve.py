@@ -35,7 +35,7 @@ from ..data.cache import decode_resized
 from ..data.io import XrayReadError, sniff
 from ..data.quality import OK, image_quality
 from ..files import sha256
-from ..models.lungs import default_lung_model, lungs_found
+from ..models.lungs import default_lung_model, fields_found, lungs_found
 from ..notices import RESEARCH_NOTE
 from ..notices import VERSION as __version__
 from .engines import load_on
@@ -158,8 +158,9 @@ class Service:
     def run_batch(self, images: list[np.ndarray]) -> list[dict]:
         p = self.predictor
         with self.lock:
-            logits, features = p.forward(images)
-            found, fields = lungs_found(self.lungs, images)
+            taken, probs = p.lung_view(images)  # the model's own lung input, where its contract has one
+            logits, features = p.forward(taken)
+            found, fields = fields_found(probs) if probs is not None else lungs_found(self.lungs, images)
         cols = p.outputs(logits, features if len(features) else None)
         per_class = {k[2:]: v for k, v in cols.items() if k.startswith("p_") and k != "p_infected"}
         if p.scheme.task == "binary":
@@ -183,7 +184,7 @@ class Service:
         from ..evaluation.explain import gradcam, overlay
 
         with self.lock:
-            cams, _, shown = gradcam(self.predictor, images)
+            cams, _, shown = gradcam(self.predictor, self.predictor.lung_view(images)[0])  # the images the model takes
         encoded = []
         for cam, gray in zip(cams, shown):
             buf = io.BytesIO()

@@ -105,6 +105,9 @@ def export(
         typer.echo(f"skipped: {e}", err=True)
     typer.echo(f"verified on {r['n_images']} images: largest difference in P(infected) between PyTorch and onnxruntime "
                f"{r['max_abs_diff_p_infected']:.2e} (tolerance {r['tolerance']:.0e}); decisions differing: {r['decisions_differing']}")
+    if r["max_abs_diff_lung_probability"] is not None:
+        typer.echo(f"the lung segmenter in the file (each runtime's own, before its crop or mask): largest difference in "
+                   f"P(lung) {r['max_abs_diff_lung_probability']:.2e}")
     typer.echo(f"written: {r['path']} ({r['bytes'] / 1e6:.1f} MB, opset {r['opset']}, source sha256 {r['source_sha256'][:12]}...)")
 
 

@@ -158,6 +158,20 @@ class Preprocessing:
     resize: str = RESIZE_RULE
     intensity: str = "none"  # per-image standardisation applied first (Standardise)
     tta: str = "none"  # test-time views whose logits are averaged (TTA_VIEWS)
+    # the lung input (models.lungs.lung_input), on the decoded image before everything above: outside the dilated lung
+    # fields set to a constant, and/or cropped to the lungs' box; `lung_segmenter` names the segmenter that finds them
+    lung_mask: bool = False
+    lung_crop: bool = False
+    lung_segmenter: str = ""
+
+    @property
+    def lung_input(self) -> bool:
+        return self.lung_mask or self.lung_crop
+
+    def describe_lung_input(self) -> str:
+        steps = [s for s, on in (("masked outside the dilated lung fields", self.lung_mask),
+                                 ("cropped to the lungs' box", self.lung_crop)) if on]
+        return " and ".join(steps) if steps else "the whole image"
 
     @property
     def stored_side(self) -> int:
@@ -189,4 +203,5 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         return cls(int(d["img_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", RESIZE_RULE), d.get("intensity", "none"),
-                   d.get("tta", "none"))
+                   d.get("tta", "none"), bool(d.get("lung_mask", False)), bool(d.get("lung_crop", False)),
+                   d.get("lung_segmenter", ""))

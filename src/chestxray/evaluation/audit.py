@@ -67,8 +67,7 @@ def regions(images, side: int, mask_source: str, lungs=None, probs: list[np.ndar
     ellipse = lung_mask(side)
     if mask_source == "ellipse":
         return {"lungs_hidden": ellipse, "lungs_only": ~ellipse, "borders_hidden": border_mask(side)}, 0
-    from ..models.lungs import lung_fields
-    from .explain import dilated
+    from ..models.lungs import dilated, lung_fields
 
     if probs is None:
         probs = lungs.probabilities([np.asarray(images[i]) for i in range(len(images))])

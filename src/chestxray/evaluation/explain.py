@@ -13,6 +13,7 @@ from torch import nn
 from ..data.datamodule import DecodedDataset, make_loader
 from ..data.sources import Sample
 from ..models.backbones import spec_for
+from ..models.lungs import LUNG_DILATION, dilated
 from ..models.predictor import Predictor
 
 
@@ -131,17 +132,6 @@ def cam_examples(
         captions = [cam_caption(Path(samples[i].path).name, samples[i].label, float(p[i]), loaded.threshold) for i in idx]
         out.append((cam_grid_png(overlays, captions, f"{title} predictions"), f"Grad-CAM, {title} predictions"))
     return out
-
-
-LUNG_DILATION = 0.05  # of the image side: the lung fields grown by this much before measuring attention inside them
-
-
-def dilated(mask: np.ndarray, fraction: float = LUNG_DILATION) -> np.ndarray:
-    from scipy import ndimage
-
-    r = max(1, int(round(fraction * max(mask.shape))))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return ndimage.binary_dilation(mask, structure=(yy ** 2 + xx ** 2) <= r * r)
 
 
 def attention_inside(cams: np.ndarray, masks: list[np.ndarray], fraction: float = LUNG_DILATION) -> np.ndarray:

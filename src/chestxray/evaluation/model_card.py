@@ -95,6 +95,9 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
         + ("; training images weighted so that each class has its source's mix of views (`--balance view`)" if cfg.loss.balance == "view" else "")
         + ".",
         f"- Input: {prep.img_size} x {prep.img_size} px; {prep.resize}; intensity step: {prep.intensity}; test-time views: {prep.tta}.",
+        *([f"- Lung input: each image {prep.describe_lung_input()} before everything else, the lungs found by the "
+           f"segmenter stored with the model ({prep.lung_segmenter}); an image without a plausible pair of lung fields "
+           "is taken whole (lungs_found false)."] if prep.lung_input else []),
         f"- Decision: P(infected) >= {predictor.threshold:.4f} ({predictor.threshold_rule or 'chosen on validation'}); "
         f"temperature {predictor.temperature:.3f} (fitted on validation where calibration was asked for).",
         f"- Checkpoint: `{ckpt}`, sha256 `{sha256(ckpt)}`.",

@@ -112,8 +112,9 @@ def write_run_outputs(
     plot_dir.mkdir(exist_ok=True)
     synthetic = header.synthetic
     note = "SYNTHETIC DATA" if synthetic else None
-    # the segmenter runs once per image: its probabilities serve the lung check and the audit's own-lung masks
-    lung_probs = lungs.probabilities(list(split.images)) if lungs is not None else None
+    # the segmenter runs once per image: its probabilities serve the lung check and the audit's own-lung masks (a model
+    # with a lung input computed them on the images as decoded; its audit masks the images it takes, segmented anew)
+    lung_probs = predictor.lung_check_probabilities(split, lungs)
     table = predictor.table(split, logits, features, lung_probs)  # every image, flagged ones with an empty decision
     quality = table["image_quality"].to_numpy()
     flagged = np.flatnonzero(quality != OK)
@@ -143,7 +144,8 @@ def write_run_outputs(
     if features is not None and predictor.ood is not None:
         metrics["out_of_distribution"] = ood_summary(predictor, y, p, features)
     if with_audit:
-        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits, lungs=lungs, lung_probs=lung_probs)
+        own = None if predictor.preprocessing.lung_input else lung_probs
+        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits, lungs=lungs, lung_probs=own)
     log.info("plots, Grad-CAM examples and the report")
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.split} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)

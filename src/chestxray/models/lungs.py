@@ -82,27 +82,60 @@ class LungModel:
             self._fast = folded_copy(self.net.eval(), example).to(memory_format=torch.channels_last).eval()
         return self._fast
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's lung logits (N, 1, s, s) of a normalised batch from `to_input`."""
+        return self.inference_net()(x.contiguous(memory_format=torch.channels_last)).float()
+
     @torch.no_grad()
-    def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def probabilities(self, images) -> list[np.ndarray]:
         """P(lung) per pixel of each decoded uint8 (H, W) image, at the image's own size (float32)."""
-        net = self.inference_net()
         out = []
         for i in range(0, len(images), BATCH):
-            chunk = images[i:i + BATCH]
-            x = to_input(chunk, self.img_size).contiguous(memory_format=torch.channels_last)
-            p = torch.sigmoid(net(x).float())
+            chunk = [np.asarray(images[j]) for j in range(i, min(i + BATCH, len(images)))]
+            p = torch.sigmoid(self.logits(to_input(chunk, self.img_size)))
             for im, pi in zip(chunk, p):
                 out.append(F.interpolate(pi[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy())
         return out
 
+    @property
+    def identity(self) -> str:
+        """What names these weights in a model contract: the file's name and the SHA-256 of its weights."""
+        return f"{self.path.name if self.path else 'lungs'} weights-sha256:{self.weights_sha256()}"
+
+    def weights_sha256(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in self.to_state()["state_dict"].items():
+            h.update(k.encode())
+            h.update(v.cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def masks(self, images: list[np.ndarray], threshold: float = 0.5) -> list[np.ndarray]:
         return [p >= threshold for p in self.probabilities(images)]
 
-    def save(self, path: Path) -> None:
-        """fp16 weights and the model's description, with a size and SHA-256 record beside it."""
+    def to_state(self) -> dict:
+        """fp16 weights and the model's description: what its file holds, and what a classifier's checkpoint that
+        crops to or masks by the lungs carries of its segmenter."""
         state = {k: v.half() if v.is_floating_point() else v for k, v in self.net.state_dict().items()}
-        save_checked({"format": LUNG_FORMAT, "state_dict": state, "img_size": self.img_size, "encoder": ENCODER,
-                      "decoder_channels": list(DECODER_CHANNELS), "meta": json.loads(json.dumps(self.meta))}, path)
+        return {"format": LUNG_FORMAT, "state_dict": state, "img_size": self.img_size, "encoder": ENCODER,
+                "decoder_channels": list(DECODER_CHANNELS), "meta": json.loads(json.dumps(self.meta))}
+
+    def save(self, path: Path) -> None:
+        """`to_state`, with a size and SHA-256 record beside it."""
+        save_checked(self.to_state(), path)
+
+    @classmethod
+    def from_state(cls, ckpt, path: Path) -> "LungModel":
+        """The segmenter of a `to_state` dict (read from `path`, named in errors)."""
+        if not isinstance(ckpt, dict) or ckpt.get("format") != LUNG_FORMAT:
+            raise LungModelError(f"{path}: not a chestxray lung segmenter (written by `chestxray lungs train`)")
+        net = build_unet(pretrained=False)
+        try:
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+        except RuntimeError as e:
+            raise LungModelError(f"{path}: weights do not fit the U-Net: {e}") from e
+        return cls(net.eval(), int(ckpt["img_size"]), dict(ckpt.get("meta") or {}), Path(path).resolve())
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "LungModel":
@@ -115,15 +148,7 @@ class LungModel:
             record = json.loads(path.with_suffix(".json").read_text())
             if sha256(path) != record["sha256"]:
                 raise LungModelError(f"{path}: its SHA-256 differs from the one recorded in {path.with_suffix('.json')}")
-        ckpt = load_checked(path, "lung segmenter", LungModelError)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != LUNG_FORMAT:
-            raise LungModelError(f"{path}: not a chestxray lung segmenter (written by `chestxray lungs train`)")
-        net = build_unet(pretrained=False)
-        try:
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
-        except RuntimeError as e:
-            raise LungModelError(f"{path}: weights do not fit the U-Net: {e}") from e
-        return cls(net.eval(), int(ckpt["img_size"]), dict(ckpt.get("meta") or {}), path.resolve())
+        return cls.from_state(load_checked(path, "lung segmenter", LungModelError), path)
 
 
 def dice_iou(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> tuple[float, float]:
@@ -191,3 +216,53 @@ def default_lung_model(path: str | Path | None = None) -> LungModel:
     if key not in _DEFAULT:
         _DEFAULT[key] = LungModel.load(path)
     return _DEFAULT[key]
+
+
+LUNG_DILATION = 0.05  # of the image side: "the dilated lung fields" (attention inside them, --lung-mask) grow by this
+LUNG_CROP_MARGIN = 0.10  # --lung-crop: the lungs' box grown by this fraction of its height and width on each side
+LUNG_MASK_FILL = 0  # --lung-mask: the grey level outside the dilated lung fields
+
+
+def dilated(mask: np.ndarray, fraction: float = LUNG_DILATION) -> np.ndarray:
+    """A boolean mask grown by a disc of `fraction` of its longer side."""
+    from scipy import ndimage
+
+    r = max(1, int(round(fraction * max(mask.shape))))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return ndimage.binary_dilation(mask, structure=(yy ** 2 + xx ** 2) <= r * r)
+
+
+def lung_box(mask: np.ndarray, margin: float = LUNG_CROP_MARGIN) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), bottom and right exclusive: the box around a mask's pixels grown by `margin` of its
+    height and width on each side, within the image."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    top, bottom, left, right = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    dy, dx = margin * (bottom - top), margin * (right - left)
+    return (max(0, int(np.floor(top - dy))), min(h, int(np.ceil(bottom + dy))),
+            max(0, int(np.floor(left - dx))), min(w, int(np.ceil(right + dx))))
+
+
+def lung_input(image: np.ndarray, prob: np.ndarray, crop: bool, mask: bool) -> np.ndarray:
+    """The image a classifier trained with --lung-mask and/or --lung-crop takes, at the image's own size: outside the
+    dilated lung fields set to LUNG_MASK_FILL (mask), then the lungs' box with a margin resized to the whole image
+    (crop; bilinear, antialiased). The image as it is where the segmenter finds no plausible pair of lung fields
+    (`lungs_found` false in the predictions says so)."""
+    image = np.asarray(image)
+    fields = prob >= 0.5
+    if not (crop or mask) or lung_fields(fields, prob) != "ok":
+        return image
+    out = np.where(dilated(fields), image, np.uint8(LUNG_MASK_FILL)).astype(np.uint8) if mask else image
+    if crop:
+        top, bottom, left, right = lung_box(fields)
+        x = torch.from_numpy(np.ascontiguousarray(out[top:bottom, left:right], dtype=np.float32))[None, None]
+        x = F.interpolate(x, size=image.shape[:2], mode="bilinear", align_corners=False, antialias=True)
+        out = x[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def lung_inputs(images, probs: list[np.ndarray], crop: bool, mask: bool) -> np.ndarray:
+    """`lung_input` of each image, as one (N, S, S) uint8 array."""
+    if not len(images):
+        return np.zeros((0, 1, 1), np.uint8)
+    return np.stack([lung_input(images[i], p, crop, mask) for i, p in enumerate(probs)])

@@ -11,6 +11,11 @@ Graph input `image`: uint8, shape (batch, 1, img_size, img_size): the decoded gr
 preprocessing's resize rule (and per-image intensity step, if any). Outputs: `logits` (before
 temperature), `probabilities` (per output, temperature applied), `p_infected` (batch,), `features`
 (pooled backbone features, for the out-of-distribution score).
+
+A model that crops to or masks by the lungs (`Preprocessing.lung_input`) carries its lung segmenter in the same graph,
+beside the classifier and independent of it: input `lungs.image` (float (batch, 3, s, s), `models.lungs.to_input`),
+output `lungs.logits` (batch, 1, s, s). The lung input itself (`models.lungs.lung_input`) runs outside the graph, in
+the same code for both runtimes: segmenter, then lung input, then `image`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 import torch
 
 from ..data.datamodule import DecodedDataset, make_loader
+from ..data.transforms import Preprocessing
+from .lungs import LungModel
 from .predictor import BATCH_SIZE, CheckpointError, Predictor
 
 log = logging.getLogger("chestxray")
@@ -36,13 +43,21 @@ EXPORT_KEY = "chestxray.export"  # the graph's input and outputs, the checkpoint
 CARD_KEY = "chestxray.model_card"  # the run's model card as it was at export
 INPUT = "image"
 OUTPUTS = ("logits", "probabilities", "p_infected", "features")
+LUNG_PREFIX = "lungs."  # the segmenter's part of the graph: its names carry this prefix
+LUNG_INPUT, LUNG_OUTPUT = LUNG_PREFIX + "image", LUNG_PREFIX + "logits"
 
 
 def export_info(predictor: Predictor, source_sha256: str, data_summary: dict | None = None) -> dict:
     """What the file says about itself besides the contract, as plain JSON values."""
     side = predictor.preprocessing.img_size
+    lungs = None
+    if predictor.preprocessing.lung_input:
+        s = predictor.segmenter.img_size
+        lungs = {"input": {"name": LUNG_INPUT, "dtype": "float32", "shape": ["batch", 3, s, s]}, "output": LUNG_OUTPUT,
+                 "segmenter": predictor.preprocessing.lung_segmenter, "meta": predictor.segmenter.meta}
     return {
         "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", 1, side, side]},
+        "lung_segmenter": lungs,
         "outputs": list(OUTPUTS),
         "output_names": list(predictor.scheme.output_names),
         "source_checkpoint": {"path": str(predictor.checkpoint) if predictor.checkpoint else None, "sha256": source_sha256},
@@ -109,10 +124,22 @@ class OnnxPredictor(Predictor):
             raise CheckpointError(f"{path}: no such ONNX file")
         contract, info, card = read_export(path)
         try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # a lung model's inputs have defaults, which onnxruntime warns of at load
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise CheckpointError(f"{path}: onnxruntime cannot load it ({e})") from e
-        return cls.from_contract(contract, model=None, checkpoint=path.resolve(), session=session, export=info, card=card)
+        segmenter = None
+        if Preprocessing.from_dict(contract["preprocessing"]).lung_input:
+            lungs = info.get("lung_segmenter")
+            names = {i.name for i in (*session.get_inputs(), *session.get_overridable_initializers())}
+            if not lungs or LUNG_INPUT not in names:
+                raise CheckpointError(f"{path}: the model crops to or masks by the lungs, but the file holds no lung "
+                                      "segmenter")
+            segmenter = OnnxLungModel(net=None, img_size=int(lungs["input"]["shape"][-1]), meta=lungs.get("meta") or {},
+                                      path=path.resolve(), session=session)
+        return cls.from_contract(contract, model=None, checkpoint=path.resolve(), session=session, export=info, card=card,
+                                 segmenter=segmenter)
 
     def run_graph(self, images, *names: str, desc: str | None = None) -> np.ndarray | tuple[np.ndarray, ...]:
         """The graph's named outputs for decoded (N, S, S) uint8 images, in batches of the usual size."""
@@ -139,3 +166,14 @@ class OnnxPredictor(Predictor):
 
     def save(self, path: Path) -> None:
         raise CheckpointError(f"{self.checkpoint}: an exported ONNX model cannot be saved as a training checkpoint")
+
+
+@dataclass
+class OnnxLungModel(LungModel):
+    """The lung segmenter of an exported file, run by onnxruntime; the rest (input, probabilities at each image's size)
+    is LungModel's own code."""
+
+    session: object = None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run([LUNG_OUTPUT], {LUNG_INPUT: x.numpy()})[0]).float()

@@ -31,7 +31,7 @@ from ..files import load_checked, save_checked
 from ..rundir import RunDir
 from .backbones import head_prefixes
 from .folding import folded_copy
-from .lungs import LungModel, fields_found
+from .lungs import LungModel, LungModelError, fields_found, lung_inputs
 from .ood import FeatureDensity
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
@@ -72,6 +72,9 @@ class Predictor:
     meta: dict = field(default_factory=dict)  # META_KEYS: model name, stage, config, data, weights origin
     checkpoint: Path | None = None  # the file it was loaded from
     ood: FeatureDensity | None = None  # how unlike the training images an image is (fitted at the end of training)
+    # the lung segmenter of a model whose preprocessing crops to or masks by the lungs (stored with its weights);
+    # anything with `probabilities(images)` (an onnxruntime one for exported files)
+    segmenter: "LungModel | None" = None
     _inference: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (weights' state, network)
 
     # --- numbers ---------------------------------------------------------------------------------
@@ -164,7 +167,29 @@ class Predictor:
         return self.model
 
     def decode(self, samples: list[Sample], skip_bad: bool = False, cache_dir=None, desc: str = "reading") -> DecodedSplit:
-        return decode_split(samples, self.preprocessing.img_size, skip_bad, desc, cache_dir)
+        """The samples decoded as this model takes them: with the lung input applied where the contract has one (the
+        segmenter's probabilities kept in `lung_probs`, for the lung check)."""
+        return self.with_lung_input(decode_split(samples, self.preprocessing.img_size, skip_bad, desc, cache_dir))
+
+    def with_lung_input(self, split: DecodedSplit) -> DecodedSplit:
+        """A decoded split as this model takes it (`lung_view`); the split itself for a model without a lung input."""
+        if not self.preprocessing.lung_input:
+            return split
+        images, probs = self.lung_view(split.images)
+        return DecodedSplit(split.samples, images, split.errors, probs)
+
+    def lung_view(self, images) -> tuple[object, list[np.ndarray] | None]:
+        """(the images as the network takes them, the segmenter's P(lung) of the images as given): decoded images
+        cropped to or masked by their lungs where the contract's preprocessing says so (models.lungs.lung_input);
+        else the images themselves and None."""
+        prep = self.preprocessing
+        if not prep.lung_input:
+            return images, None
+        if self.segmenter is None:
+            raise CheckpointError(f"{self.checkpoint}: the model takes images {prep.describe_lung_input()}, but its lung "
+                                  "segmenter is missing")
+        probs = self.segmenter.probabilities(images)
+        return lung_inputs(images, probs, prep.lung_crop, prep.lung_mask), probs
 
     def outputs(self, logits: torch.Tensor, features: torch.Tensor | None = None,
                 quality: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -223,8 +248,16 @@ class Predictor:
         its reason in `image_quality`; with the lung segmenter, `lungs_found`), and the read errors of skipped files."""
         split = self.decode(samples, skip_bad)
         desc = "predicting" if len(split.images) > BATCH_SIZE else None
-        lung_probs = lungs.probabilities(list(split.images)) if lungs is not None else None
+        lung_probs = self.lung_check_probabilities(split, lungs)
         return self.table(split, *self.forward(split.images, desc=desc), lung_probs=lung_probs), split.errors
+
+    def lung_check_probabilities(self, split: DecodedSplit, lungs: "LungModel | None") -> list[np.ndarray] | None:
+        """The segmenter's probabilities for the lung check of a split from `decode`: those its lung input computed
+        (the model's own segmenter, on the images as decoded; always, since its input depends on them) where it has
+        one, else `lungs`' (None: no check)."""
+        if split.lung_probs is not None or lungs is None:
+            return split.lung_probs
+        return lungs.probabilities(split.images)
 
     @property
     def training_data(self) -> Path:
@@ -265,7 +298,10 @@ class Predictor:
 
     def save(self, path: Path) -> None:
         """The weights and the contract, atomically, with a size and SHA-256 record beside it (files.save_checked)."""
-        save_checked({"format": CHECKPOINT_FORMAT, "state_dict": self.model.state_dict(), "contract": self.contract()}, path)
+        ckpt = {"format": CHECKPOINT_FORMAT, "state_dict": self.model.state_dict(), "contract": self.contract()}
+        if self.preprocessing.lung_input:
+            ckpt["segmenter"] = self.segmenter.to_state()
+        save_checked(ckpt, path)
 
     @classmethod
     def load(cls, run_or_ckpt: str | Path) -> "Predictor":
@@ -285,7 +321,16 @@ class Predictor:
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit {timm_name}: {e}") from e
         model.eval()
-        return cls.from_contract(contract, model=model, checkpoint=path.resolve())
+        segmenter = None
+        if Preprocessing.from_dict(contract["preprocessing"]).lung_input:
+            if "segmenter" not in ckpt:
+                raise CheckpointError(f"{path}: the model crops to or masks by the lungs, but the checkpoint holds no "
+                                      "lung segmenter")
+            try:
+                segmenter = LungModel.from_state(ckpt["segmenter"], path)
+            except LungModelError as e:
+                raise CheckpointError(str(e)) from e
+        return cls.from_contract(contract, model=model, checkpoint=path.resolve(), segmenter=segmenter)
 
 
 def legacy_contract(ckpt: dict) -> dict:

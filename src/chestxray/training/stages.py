@@ -34,6 +34,7 @@ from ..data.transforms import Preprocessing
 from ..files import load_checked, write_text
 from ..models.backbones import create_model, get_spec, normalisation
 from ..models.features import FeatureDataset, cached_features, extract_features, head_split, state_fingerprint
+from ..models.lungs import default_lung_model
 from ..models.predictor import Predictor
 from ..notices import SYNTHETIC_NOTE
 from ..rundir import RunDir, SkippedFile, read_split, split_rows, write_skipped, write_split
@@ -286,9 +287,17 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     for k in ("train", "val"):
         if len(decoded[k].samples) == 0:
             raise DataError(f"{cfg.data.data}: split '{k}' has no readable images")
-    prep = Preprocessing(cfg.data.img_size, *normalisation(model), intensity=cfg.data.intensity, tta=cfg.data.tta)
-    run = Run(cfg, out, writer, scheme, decoded, Predictor(model=model, scheme=scheme, preprocessing=prep), origin,
-              resolve_precision(cfg.hardware.precision), synthetic, resume=resume)
+    segmenter = default_lung_model(cfg.data.lung_model) if cfg.data.lung_mask or cfg.data.lung_crop else None
+    prep = Preprocessing(cfg.data.img_size, *normalisation(model), intensity=cfg.data.intensity, tta=cfg.data.tta,
+                         lung_mask=cfg.data.lung_mask, lung_crop=cfg.data.lung_crop,
+                         lung_segmenter=segmenter.identity if segmenter else "")
+    predictor = Predictor(model=model, scheme=scheme, preprocessing=prep, segmenter=segmenter)
+    if prep.lung_input:  # once per image, before anything else sees it: every stage and decision takes these images
+        log.info("finding the lung fields of %d images (images %s)", sum(len(d.images) for d in decoded.values()),
+                 prep.describe_lung_input())
+        decoded = {k: predictor.with_lung_input(d) for k, d in decoded.items()}
+    run = Run(cfg, out, writer, scheme, decoded, predictor, origin, resolve_precision(cfg.hardware.precision), synthetic,
+              resume=resume)
     if cfg.loss.class_weights:
         run.class_weights = balanced_class_weights(scheme.task, list(run.targets("train")), scheme.num_outputs)
     if cfg.loss.balance != "none":
