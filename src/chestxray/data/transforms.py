@@ -117,6 +117,8 @@ def to_model_input(x: torch.Tensor, mean, std, channels_last: bool = True) -> to
     """
     b, _, h, w = x.shape
     m, s = channel_stats(mean, std, x.device)
+    if torch.jit.is_tracing():  # the ONNX export traces this: the same arithmetic, without `out=` (not traceable)
+        return (x.float() / 255.0 - m) / s
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((b, 3, h, w), dtype=torch.float32, device=x.device, memory_format=fmt)
     torch.sub(x.float().div_(255.0), m, out=out)
