@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 import chestxray
-from _common import CXR, KERMANY, RUNS, default_run, machine
+from _common import CXR, KERMANY, RUNS, default_run, head_only_run, machine
 from chestxray.jobs.audit import audit_run
 
 
@@ -39,12 +39,7 @@ def main() -> None:
     ap.add_argument("--kermany-patients", type=int, default=400)
     ap.add_argument("--out", default=str(RUNS / "lung_attention.json"))
     args = ap.parse_args()
-    if args.head_only:
-        run = RUNS / "head-cxr-nih-cohen"
-        if not (run / "checkpoints" / "best.ckpt").exists():
-            chestxray.train(CXR, run, stages="head", epochs_head=10, seed=42, overwrite=run.exists())
-    else:
-        run = default_run(args.run)
+    run = head_only_run() if args.head_only else default_run(args.run)
     sub = kermany_subset(RUNS / "kermany-subset.csv", args.kermany_patients)
     print(f"{machine()}\nrun: {run}")
     rows = {}

@@ -1,12 +1,14 @@
 """The lung check (`lungs_found`: the packaged segmenter finds a plausible pair of lung fields) measured on the shared
-films and on generated and transformed images that are not frontal chest films.
+films and on generated and transformed images that are not frontal chest films; with `--run` or `--head-only`, beside
+it the model's feature-density flag (`out_of_distribution`) on the same images, and how often either fires.
 
 For each shared dataset: how many films the check fails on, and why. Then generated non-films (blank, noise,
 gradients, a checkerboard, text, blobs like a hand) and real films turned into what the model does not know (rotated
 a quarter turn, flipped upside down, a quarter of the film, inverted grey levels). Images are read and resized as
 predict reads them (224 px model: the 256 px stored side), through the decoded-image cache.
 
-    .venv/bin/python benchmarks/lung_flag.py [--img-size 224] [--lung-model FILE] [--out runs/lung_flag.json]
+    .venv/bin/python benchmarks/lung_flag.py [--img-size 224] [--lung-model FILE] [--run RUN | --head-only]
+        [--out runs/lung_flag.json]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from _common import RUNS, SHARED, machine
+from _common import RUNS, SHARED, head_only_run, machine
 from chestxray.data.datamodule import decode_split
 from chestxray.data.io import list_images
 from chestxray.data.sources import Sample
@@ -71,11 +73,34 @@ def main() -> None:
     ap.add_argument("--lung-model", default=None)
     ap.add_argument("--films-transformed", type=int, default=50, help="cxr-nih-cohen test films to transform")
     ap.add_argument("--out", default=str(RUNS / "lung_flag.json"))
+    ap.add_argument("--run", default=None, help="a trained run: its feature-density flag beside the lung check")
+    ap.add_argument("--head-only", action="store_true", help="--run: the default recipe's head-only run (benchmarks/_common)")
     args = ap.parse_args()
     model = default_lung_model(args.lung_model)
-    print(f"{machine()}\nsegmenter: {model.path}")
+    predictor = None
+    if args.run or args.head_only:
+        from chestxray.models.load import load_predictor
+
+        predictor = load_predictor(head_only_run() if args.head_only else args.run)
+        args.img_size = predictor.preprocessing.img_size
+    print(f"{machine()}\nsegmenter: {model.path}" + (f"\nfeature density of: {predictor.checkpoint}" if predictor else ""))
     rows = {}
-    print(f"{'images':46s} {'n':>6s} {'no lungs':>9s}  reasons")
+
+    def density(images) -> dict:
+        """The model's out-of-distribution flag on the images, and how many either flag fires on."""
+        if predictor is None:
+            return {}
+        flagged = predictor.ood.flag(predictor.ood.score(predictor.forward(images)[1].numpy()))
+        return {"ood_flagged": int(flagged.sum()), "ood_flags": flagged}
+
+    def show(name: str, row: dict, found: np.ndarray, extra: str = "") -> None:
+        if predictor is not None:
+            flags = row.pop("ood_flags")
+            row["either_flagged"] = int((flags | ~found).sum())
+            extra = f"{row['ood_flagged']:9d} {row['either_flagged']:9d}  " + extra
+        print(f"{name:46s} {row['n']:6d} {row['not_found']:9d}  {extra}{row['reasons']}")
+
+    print(f"{'images':46s} {'n':>6s} {'no lungs':>9s}  " + (f"{'density':>9s} {'either':>9s}  " if predictor else "") + "reasons")
     for name in SETS:
         folder = SHARED / name
         if not folder.exists():
@@ -85,18 +110,21 @@ def main() -> None:
         split = decode_split([Sample(str(p), None) for p in list_images(folder)], args.img_size, True, f"reading {name}")
         found, reasons = lungs_found(model, list(split.images))
         rows[name] = {"n": len(found), "not_found": int((~found).sum()), "reasons": dict(Counter(r for r in reasons if r != "ok")),
-                      "not_found_paths": [s.path for s, f in zip(split.samples, found) if not f][:50], "seconds": time.time() - t}
-        print(f"{name:46s} {len(found):6d} {rows[name]['not_found']:9d}  {rows[name]['reasons']}  ({time.time() - t:.0f} s)")
+                      "not_found_paths": [s.path for s, f in zip(split.samples, found) if not f][:50],
+                      **density(split.images), "seconds": time.time() - t}
+        show(name, rows[name], found, f"({time.time() - t:.0f} s) ")
     test = decode_split([Sample(str(p), None) for p in list_images(SHARED / "cxr-nih-cohen" / "test")][: args.films_transformed],
                         args.img_size, True, "reading test films")
     made = {**generated(), **transformed([np.asarray(i) for i in test.images])}
     for name, images in made.items():
         found, reasons = lungs_found(model, images)
-        rows[f"generated: {name}"] = {"n": len(found), "not_found": int((~found).sum()),
-                                      "reasons": dict(Counter(r for r in reasons if r != "ok"))}
-        print(f"{'generated: ' + name:46s} {len(found):6d} {int((~found).sum()):9d}  {rows[f'generated: {name}']['reasons']}")
+        key = f"generated: {name}"
+        rows[key] = {"n": len(found), "not_found": int((~found).sum()),
+                     "reasons": dict(Counter(r for r in reasons if r != "ok")), **density(np.stack(images))}
+        show(key, rows[key], found)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"segmenter": str(model.path), "machine": machine(), "rows": rows}, indent=2))
+    Path(args.out).write_text(json.dumps({"segmenter": str(model.path), "machine": machine(),
+                                          "run": str(predictor.checkpoint) if predictor else None, "rows": rows}, indent=2))
     print(f"written: {args.out}")
 
 

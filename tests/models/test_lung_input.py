@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+import chestxray
 from chestxray.apps.serve import create_app
 from chestxray.data.datamodule import decode_split
 from chestxray.data.sources import Sample
@@ -109,6 +110,8 @@ def test_a_lung_input_model_applies_it_everywhere(lung_run, tmp_path):
     assert np.abs(table["p_infected"].to_numpy() - by_hand).max() < 1e-6
     assert np.abs(predictor.p_infected(predictor.logits(raw.images)) - by_hand).max() > 1e-3
     assert table["lungs_found"].all()
+    api = chestxray.load(run).predict(test_images)  # the Python API: the same step, the same numbers
+    assert list(api["path"]) == list(table["path"]) and (api["p_infected"] == table["p_infected"]).all()
 
     # the exported file carries the segmenter and predicts the same table
     onnx_file = tmp_path / "lungs.onnx"
