@@ -8,7 +8,7 @@ a quarter turn, flipped upside down, a quarter of the film, inverted grey levels
 predict reads them (224 px model: the 256 px stored side), through the decoded-image cache.
 
     .venv/bin/python benchmarks/lung_flag.py [--img-size 224] [--lung-model FILE] [--run RUN | --head-only]
-        [--out runs/lung_flag.json]
+        [--sets cxr-nih-cohen,kermany-peds-train,...] [--out runs/lung_flag.json]
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--lung-model", default=None)
     ap.add_argument("--films-transformed", type=int, default=50, help="cxr-nih-cohen test films to transform")
     ap.add_argument("--out", default=str(RUNS / "lung_flag.json"))
+    ap.add_argument("--sets", default=",".join(SETS), help="comma-separated shared folders to read")
     ap.add_argument("--run", default=None, help="a trained run: its feature-density flag beside the lung check")
     ap.add_argument("--head-only", action="store_true", help="--run: the default recipe's head-only run (benchmarks/_common)")
     args = ap.parse_args()
@@ -101,7 +102,7 @@ def main() -> None:
         print(f"{name:46s} {row['n']:6d} {row['not_found']:9d}  {extra}{row['reasons']}")
 
     print(f"{'images':46s} {'n':>6s} {'no lungs':>9s}  " + (f"{'density':>9s} {'either':>9s}  " if predictor else "") + "reasons")
-    for name in SETS:
+    for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
         folder = SHARED / name
         if not folder.exists():
             print(f"{name:46s} missing")

@@ -109,6 +109,21 @@ def export(model: str | Path, out: str | Path, *, images: list[str | Path] | Non
     return export_onnx(model, out, [str(p) for p in expand_paths(images)] if images else None, tolerance, limit, skip_bad)
 
 
+def import_dataset(fmt: str, root: str | Path, out: str | Path | None = None, mapping: dict[str, str] | None = None
+                   ) -> pd.DataFrame:
+    """A public dataset in its native layout as the project's manifest, as `chestxray data import` makes it (`fmt`:
+    kermany, covid-radiography, cohen, nih, rsna-pneumonia; `mapping`: the dataset's findings or class folders to
+    classes, 'skip' to leave one out); written to `out` where given. `df.attrs` holds what was read, mapped and skipped."""
+    from .data.importers import import_dataset as read
+
+    r = read(fmt, root, mapping)
+    if out is not None:
+        r.write(Path(out))
+    df = pd.DataFrame(r.rows)
+    df.attrs.update(read=r.read, mapping=dict(r.mapping), skipped=dict(r.skipped), notes=list(r.notes))
+    return df
+
+
 def segment_lungs(images: str | Path | list[str | Path], out: str | Path | None = None,
                   lung_model: str | Path | None = None) -> pd.DataFrame:
     """The lung segmenter on images (files, or folders of them), as `chestxray lungs predict`: per image the lung

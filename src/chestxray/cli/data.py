@@ -50,6 +50,28 @@ def data_split(
     typer.echo(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" images -> {out}")
 
 
+@data_app.command("import", cls=_Command)
+def data_import(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="kermany, covid-radiography, cohen, nih or rsna-pneumonia."),
+    root: Path = typer.Argument(..., metavar="ROOT", help="The dataset's folder, as downloaded."),
+    out: Path = typer.Option(..., help="The manifest to write (CSV)."),
+    map_: list[str] = typer.Option([], "--map", help="NAME=CLASS: map a finding or class folder of the dataset to a "
+                                   "class of the project (CLASS 'skip' leaves it out); repeatable."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+):
+    """Import a public dataset in its native layout as a manifest (path,label,patient_id,source,view,split,...):
+    prints what was read, how findings were mapped, and what was skipped and why."""
+    from ..data.importers import import_dataset, parse_mapping
+    from ..errors import ChestXrayError
+
+    if out.exists() and not overwrite:
+        raise ChestXrayError(f"{out}: exists; give another --out, or --overwrite to replace it")
+    r = import_dataset(fmt, root, parse_mapping(map_))
+    r.write(out)
+    typer.echo(tables.imported(r))
+    typer.echo(f"written: {out} ({len(r.rows)} images)")
+
+
 @app.command(cls=_Command)
 def models():
     """List supported models and whether their ImageNet weights are usable offline here."""

@@ -128,3 +128,15 @@ def data_check(r: dict) -> str:
     lines += [f"CONFLICT {d['kind']} with two labels in {d['split_a']}: {d['a']} ({d['label_a']}) ~ {d['b']} ({d['label_b']})"
               for d in r["conflicting_labels"]]
     return "\n".join(lines)
+
+
+def imported(r) -> str:
+    """What `data import` read, mapped and skipped."""
+    lines = [f"{r.format} at {r.root}: read {r.read}, imported {len(r.rows)}"]
+    lines += ["mapping (dataset -> class; override with --map NAME=CLASS):"]
+    lines += [f"  {k} -> {v}" for k, v in sorted(r.mapping.items())]
+    lines += ["images per split and class:"] + [f"  {k}: {dict(sorted(v.items()))}" for k, v in r.counts().items()]
+    if r.skipped:
+        lines += ["skipped:"] + [f"  {n:6d}  {reason}" for reason, n in r.skipped.most_common()]
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)
