@@ -72,6 +72,33 @@ def data_import(
     typer.echo(f"written: {out} ({len(r.rows)} images)")
 
 
+@data_app.command("merge", cls=_Command)
+def data_merge(
+    manifests: list[Path] = typer.Argument(..., metavar="MANIFEST...", help="Manifests to merge, first kept first: an "
+                                           "image found in several keeps the copy of the one given first."),
+    out: Path = typer.Option(..., help="The merged manifest (CSV); OUT-duplicates.csv lists every copy found."),
+    max_distance: int = typer.Option(32, min=0, max=128, help="Near copies: largest distance between 256-bit pHashes "
+                                     "(re-encoded copies measured within 20, distinct films beyond 56: docs/data.md)."),
+    val: float = typer.Option(0.15, help="Validation fraction for rows without a split (patient-level)."),
+    test: float = typer.Option(0.15, help="Test fraction for rows without a split (patient-level)."),
+    seed: int = typer.Option(42, help="Random seed of that split."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+):
+    """Merge manifests of several datasets: source and dataset per row, copies of one image across datasets found
+    (exact bytes or a perceptual hash) and dropped by a stated rule, patient ids kept apart, a patient-level split where
+    none is given."""
+    from ..data.merge import merge_manifests
+    from ..errors import ChestXrayError
+
+    if out.exists() and not overwrite:
+        raise ChestXrayError(f"{out}: exists; give another --out, or --overwrite to replace it")
+    r = merge_manifests(manifests, max_distance, val, test, seed)
+    r.write(out)
+    typer.echo(tables.merged(r))
+    typer.echo(f"written: {out} ({len(r.rows)} images), {out.with_name(out.stem + '-duplicates.csv')} "
+               f"({len(r.duplicates)} pairs); check it with: chestxray data check {out}")
+
+
 @app.command(cls=_Command)
 def models():
     """List supported models and whether their ImageNet weights are usable offline here."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -119,6 +120,8 @@ def comparison(r: dict) -> str:
 def data_check(r: dict) -> str:
     lines = [f"{split:11s} {info['n']:6d} images  " + ", ".join(f"{k}: {v}" for k, v in sorted(info["classes"].items()))
              for split, info in r["splits"].items()]
+    if len(r.get("per_source") or {}) > 1:
+        lines += [f"source {src}: " + ", ".join(f"{k}: {v}" for k, v in c.items()) for src, c in r["per_source"].items()]
     lines.append("modes: " + ", ".join(f"{k}: {v}" for k, v in sorted(r["modes"].items())))
     lines += [f"{k}: min {v['min']}, median {v['median']}, max {v['max']}" for k, v in r["sizes"].items()]
     lines += [f"NOTE {w}" for w in r["warnings"]]
@@ -138,5 +141,16 @@ def imported(r) -> str:
     lines += ["images per split and class:"] + [f"  {k}: {dict(sorted(v.items()))}" for k, v in r.counts().items()]
     if r.skipped:
         lines += ["skipped:"] + [f"  {n:6d}  {reason}" for reason, n in r.skipped.most_common()]
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def merged(r) -> str:
+    """What `data merge` kept, found and dropped."""
+    lines = [f"dataset {k}: " + ", ".join(f"{c}: {n}" for c, n in v.items()) for k, v in r.per_dataset.items()]
+    kinds = Counter(d["kind"].split(" (")[0] + ", " + d["action"].split(" (")[0].split(",")[0] for d in r.duplicates)
+    lines += [f"copies: {n} pair(s) {k}" for k, n in sorted(kinds.items())]
+    lines += [f"dropped: {n} row(s): {reason}" for reason, n in r.dropped.most_common()]
+    lines += ["splits: " + ", ".join(f"{k}: {v}" for k, v in sorted(r.splits.items()))]
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)

@@ -119,6 +119,8 @@ def quick_check(found: Discovered, normal_class: str | None = None) -> dict:
             missing[name] = unknown
             problems.append(f"split '{name}' has labels {unknown} that train lacks {train_classes}")
     items = [(split, s) for split, samples in splits.items() for s in samples if s.label]
+    per_source, single = source_classes([s for _, s in items])
+    warnings += single
     by_md5: dict[str, list[int]] = {}
     for i, (_, s) in enumerate(items):
         h = _md5(s.path)
@@ -136,9 +138,30 @@ def quick_check(found: Discovered, normal_class: str | None = None) -> dict:
         "labels_missing_from_train": missing,
         "duplicates_across_splits": leaks,
         "conflicting_labels": conflicts,
+        "per_source": per_source,
         "problems": problems,
         "warnings": warnings,
     }
+
+
+def source_classes(samples: list[Sample]) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Images per source and class, and a warning for each class that only one source holds where the data have
+    several sources: the site-is-the-label trap (a model can tell such a class by its source's device, framing and
+    population instead of the lungs)."""
+    counts: dict[str, Counter] = {}
+    for s in samples:
+        counts.setdefault(s.source or "(no source)", Counter())[s.label] += 1
+    per_source = {k: dict(sorted(v.items())) for k, v in sorted(counts.items())}
+    if len(per_source) < 2:
+        return per_source, []
+    warnings = []
+    for label in sorted({s.label for s in samples}):
+        holders = [src for src, c in per_source.items() if c.get(label)]
+        if len(holders) == 1:
+            warnings.append(f"class '{label}' comes from one source only ({holders[0]}): a model can tell it by the source "
+                            "(site, device, population, framing) rather than by the lungs; add its images from other "
+                            "sources, and read its figures as that source's")
+    return per_source, warnings
 
 
 def check_dataset(data: str | Path, max_distance: int = 4, normal_class: str | None = None) -> dict:
