@@ -98,7 +98,7 @@ class LossConfig:
     focal_gamma: float = option(2.0, "Focal-loss focusing parameter gamma (0 is cross-entropy).", ge=0.0)
     focal_alpha: float = option(-1.0, "Focal alpha for the positive class; < 0 disables it.", le=1.0)
     class_weights: bool = option(True, "Balance classes in the loss.")
-    balance: str = option("auto", "Weight training images so that, within each source, every class has the same mix of views (a manifest's 'view' column: PA, AP, ...), so the model cannot tell the classes apart by projection; each class keeps its weight. auto: view where the training images have views, else none; the run's config.yaml records which.", ("auto", "view", "none"),
+    balance: str = option("auto", "Weight training images. view: within each source, every class has the same mix of views (a manifest's 'view' column: PA, AP, ...), so the model cannot tell the classes apart by projection; each class keeps its weight. source: every source has the same mix of classes (that of all training images), so no source can stand for a class it shares with others; each source keeps its weight. source+view: both. auto: view where the training images have views, else none; the run's config.yaml records which.", ("auto", "view", "source", "source+view", "none"),
                           before="none")
     mixup: float = option(0.0, "Mixup of training inputs with Beta(a, a) weights (the images, or the cached features where the head trains on them), the loss mixed alike; 0: off.", ge=0.0)
 

@@ -107,3 +107,30 @@ def test_balance_weights_make_view_independent_of_class_within_each_source():
     for label in ("normal", "pneumonia"):
         ap, pa = mass[("nih", label, "AP")], mass[("nih", label, "PA")]
         assert ap / (ap + pa) == pytest.approx(40 / 70, rel=1e-5)
+
+
+def test_source_weights_give_every_source_the_class_mix_of_all():
+    from collections import defaultdict
+
+    from chestxray.data.sources import Sample
+    from chestxray.training.losses import balance_weights, source_weights, training_weights
+
+    rows = ([("a", "normal", "PA")] * 40 + [("a", "pneumonia", "AP")] * 10 + [("b", "normal", "AP")] * 5
+            + [("b", "pneumonia", "PA")] * 20 + [("c", "covid", "PA")] * 25)
+    samples = [Sample(f"{i}.png", label, None, source, view) for i, (source, label, view) in enumerate(rows)]
+    w = source_weights(samples).numpy()
+    assert abs(w.mean() - 1) < 1e-6
+    mass = defaultdict(float)
+    for s, wi in zip(samples, w):
+        mass[(s.source, s.label)] += wi
+    total = {src: sum(m for (s, _), m in mass.items() if s == src) for src in "abc"}
+    # each source keeps its own share of the weight ...
+    assert total["a"] / w.sum() == pytest.approx(50 / 100, rel=1e-5) and total["c"] / w.sum() == pytest.approx(0.25, rel=1e-5)
+    # ... and the two sources holding normal and pneumonia now hold them in one ratio, that of all images (45 : 30)
+    for src in "ab":
+        assert mass[(src, "normal")] / mass[(src, "pneumonia")] == pytest.approx(45 / 30, rel=1e-5)
+    # a source with one class only cannot be given another: its images keep equal weights
+    assert len({round(float(x), 6) for s, x in zip(samples, w) if s.source == "c"}) == 1
+    both = training_weights(samples, "source+view").numpy()
+    expected = source_weights(samples).numpy() * balance_weights(samples, "view").numpy()
+    assert both == pytest.approx(expected / expected.mean(), rel=1e-5)

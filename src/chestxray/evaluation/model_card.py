@@ -92,7 +92,10 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
         f"- Weights origin: ImageNet-pretrained weights from {meta.get('weights_origin')}.",
         f"- Training: stages {stages} (head on frozen features, then fine-tuning); "
         f"final model from the **{meta.get('stage')}** stage, chosen on validation; loss {cfg.loss.loss}; seed {cfg.optim.seed}"
-        + ("; training images weighted so that each class has its source's mix of views (`--balance view`)" if cfg.loss.balance == "view" else "")
+        + ({"view": "; training images weighted so that each class has its source's mix of views (`--balance view`)",
+            "source": "; training images weighted so that every source has the same mix of classes (`--balance source`)",
+            "source+view": "; training images weighted so that every source has the same mix of classes and each class "
+                           "its source's mix of views (`--balance source+view`)"}.get(cfg.loss.balance, ""))
         + ".",
         f"- Input: {prep.img_size} x {prep.img_size} px; {prep.resize}; intensity step: {prep.intensity}; test-time views: {prep.tta}.",
         *([f"- Lung input: each image {prep.describe_lung_input()} before everything else, the lungs found by the "

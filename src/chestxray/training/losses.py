@@ -102,6 +102,36 @@ def balance_weights(samples: list, by: str) -> torch.Tensor:
     return (w / w.mean()).float()
 
 
+def source_weights(samples: list) -> torch.Tensor:
+    """Per-image weights that give every source the same mix of classes, the mix of all training images:
+    w = P(class) / P(class | source), normalised to mean 1. Each source keeps its total weight; within it, a class it
+    holds few of counts more. No weighting can give a source a class it has no images of: a source holding one class
+    only (a site that contributed only COVID-19 films) still stands for it, which `data check` names."""
+    from collections import Counter
+
+    keys = [(s.source, s.label) for s in samples]
+    cell, per_source, per_class = Counter(keys), Counter(k[0] for k in keys), Counter(k[1] for k in keys)
+    n = len(keys)
+    w = torch.tensor([(per_class[c] / n) / (cell[(src, c)] / per_source[src]) for src, c in keys], dtype=torch.float64)
+    # each source back to its own share of the weight (the class mixes change, not how much a source counts)
+    mass = Counter()
+    for k, wi in zip(keys, w.tolist()):
+        mass[k[0]] += wi
+    w = torch.tensor([wi * per_source[k[0]] / mass[k[0]] for k, wi in zip(keys, w.tolist())], dtype=torch.float64)
+    return (w / w.mean()).float()
+
+
+def training_weights(samples: list, balance: str) -> torch.Tensor:
+    """The per-image weights of a --balance value: 'view', 'source', or both ('source+view', multiplied)."""
+    parts = balance.split("+")
+    w = torch.ones(len(samples), dtype=torch.float64)
+    if "source" in parts:
+        w = w * source_weights(samples).double()
+    if "view" in parts:
+        w = w * balance_weights(samples, "view").double()
+    return (w / w.mean()).float()
+
+
 def balanced_class_weights(task: str, targets: list[torch.Tensor], num_outputs: int) -> torch.Tensor:
     """Weights that balance the classes of the training targets (the `class_weights` of TaskLoss)."""
     t = torch.stack(targets)

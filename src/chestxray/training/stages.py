@@ -38,7 +38,7 @@ from ..models.lungs import default_lung_model
 from ..models.predictor import Predictor
 from ..notices import SYNTHETIC_NOTE
 from ..rundir import RunDir, SkippedFile, read_split, split_rows, write_skipped, write_split
-from .losses import TaskLoss, balance_weights, balanced_class_weights
+from .losses import TaskLoss, balanced_class_weights, training_weights
 from .module import ClassifierModule
 from .progress import progress_callbacks
 from .runstate import (
@@ -301,7 +301,7 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
     if cfg.loss.class_weights:
         run.class_weights = balanced_class_weights(scheme.task, list(run.targets("train")), scheme.num_outputs)
     if cfg.loss.balance != "none":
-        run.sample_weights = balance_weights(decoded["train"].samples, cfg.loss.balance)
+        run.sample_weights = training_weights(decoded["train"].samples, cfg.loss.balance)
     return run
 
 
@@ -312,7 +312,7 @@ def with_balance_resolved(cfg: Config, train: list) -> Config:
     has = any(s.view for s in train)
     if by == "auto":
         return replace(cfg, loss=replace(cfg.loss, balance="view" if has else "none"))
-    if by == "view" and not has:
+    if "view" in by.split("+") and not has:
         raise DataError(f"{cfg.data.data}: --balance view needs each image's view (a 'view' column in a CSV "
                         f"manifest); none of the {len(train)} training images has one")
     return cfg
