@@ -7,8 +7,8 @@ A research tool, not a diagnostic device. The public API (`load`, `train`, `eval
 from .notices import RESEARCH_NOTE, SYNTHETIC_NOTE
 from .notices import VERSION as __version__
 
-__all__ = ["Model", "load", "train", "evaluate", "export", "segment_lungs", "import_dataset", "RESEARCH_NOTE", "SYNTHETIC_NOTE", "__version__"]
-_API = {"Model", "load", "train", "evaluate", "export", "segment_lungs", "import_dataset"}
+__all__ = ["Model", "load", "train", "evaluate", "export", "segment_lungs", "import_dataset", "crossval", "RESEARCH_NOTE", "SYNTHETIC_NOTE", "__version__"]
+_API = {"Model", "load", "train", "evaluate", "export", "segment_lungs", "import_dataset", "crossval"}
 
 
 def __getattr__(name: str):

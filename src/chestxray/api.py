@@ -109,6 +109,19 @@ def export(model: str | Path, out: str | Path, *, images: list[str | Path] | Non
     return export_onnx(model, out, [str(p) for p in expand_paths(images)] if images else None, tolerance, limit, skip_bad)
 
 
+def crossval(data: str | Path, out: str | Path, *, by: str = "source", folds: int = 5, config: str | Path | None = None,
+             progress: bool = False, **options) -> dict:
+    """Leave-one-source-out (`by="source"`) or patient-level k-fold (`by="fold"`) estimates of a recipe (`options`:
+    any `chestxray train` option by its field name), as `chestxray crossval`; returns crossval.json's content."""
+    from .config import Config
+    from .jobs.crossval import crossval as run
+
+    cfg = Config.load(Path(config)) if config else Config()
+    cfg.update({"data": str(data), **options})
+    cfg.validate()
+    return run(cfg, Path(out), by, folds, progress=progress, n_boot=cfg.calibration.bootstrap)
+
+
 def import_dataset(fmt: str, root: str | Path, out: str | Path | None = None, mapping: dict[str, str] | None = None
                    ) -> pd.DataFrame:
     """A public dataset in its native layout as the project's manifest, as `chestxray data import` makes it (`fmt`:

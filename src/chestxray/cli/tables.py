@@ -154,3 +154,24 @@ def merged(r) -> str:
     lines += ["splits: " + ", ".join(f"{k}: {v}" for k, v in sorted(r.splits.items()))]
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
+
+
+def crossval(r: dict) -> str:
+    """The crossval table: each held-out part, then the mean over those scored whole."""
+    def f(v):
+        return "  n/a" if v is None else f"{v:.3f}"
+
+    def ci(v):
+        return "" if not v or v[0] is None else f" [{v[0]:.3f}, {v[1]:.3f}]"
+
+    lines = [f"{'held out':40s} {'n (inf)':>11s} {'ROC-AUC [95% CI]':>24s} {'sensitivity':>12s} {'specificity':>12s}"
+             + ("  in-distribution ROC-AUC" if r["by"] == "source" else "")]
+    for row in r["folds"]:
+        auc = f(row["roc_auc"]) + ci(row["roc_auc_ci95"]) if row["scored_whole"] else "one class: n/a"
+        line = (f"{row['held_out'][:40]:40s} {row['n']:5d} ({row['n_infected']:4d}) {auc:>24s} {f(row['sensitivity']):>12s} "
+                f"{f(row['specificity']):>12s}")
+        if "in_distribution_roc_auc" in row:
+            line += f"  {f(row['in_distribution_roc_auc'])}{ci(row['in_distribution_roc_auc_ci95'])}"
+        lines.append(line)
+    lines.append(f"mean ROC-AUC over the {r['n_scored']} part(s) scored whole: {f(r['mean_roc_auc'])}")
+    return "\n".join(lines)

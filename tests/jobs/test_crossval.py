@@ -1,0 +1,65 @@
+"""Leave-one-source-out and k-fold estimates (`chestxray crossval`) on phantoms from three made-up sources."""
+
+import csv
+import json
+
+import pytest
+
+from chestxray.data.sources import DataError, discover
+from chestxray.jobs.crossval import plan_folds
+from tests.helpers import invoke
+
+FLAGS = ["--img-size", "32", "--stages", "head", "--epochs-head", "1", "--bootstrap", "50", "--no-audit",
+         "--no-lung-check", "--no-calibrate", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def three_sites(tiny_data, tmp_path_factory):
+    """The phantoms as a manifest of three sources: site-a and site-b hold normal and infected images, site-c only
+    covid (a site that is its class)."""
+    rows = []
+    found = discover(tiny_data)
+    for split in ("train", "val", "test"):
+        for i, s in enumerate(found.splits[split]):
+            site = "site-c" if s.label == "covid" and i % 3 == 0 else ("site-a" if i % 2 else "site-b")
+            rows.append({"path": s.path, "label": s.label, "patient_id": f"p{split}{i}", "source": site, "split": split})
+    path = tmp_path_factory.mktemp("crossval") / "sites.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_the_folds_of_each_kind(three_sites):
+    folds = plan_folds(three_sites, "source", 5, 0, "normal")
+    assert [f["name"] for f in folds] == ["site-a", "site-b", "site-c"]
+    for f in folds:  # every image is held out once, never trained on in its own fold
+        assert {s.source for s, _ in f["held_out"]} == {f["name"]} and f["name"] not in {s.source for s, _ in f["train"]}
+    assert [f["both_classes"] for f in folds] == [True, True, False]
+    kfold = plan_folds(three_sites, "fold", 3, 0, "normal")
+    held = [s.path for f in kfold for s, _ in f["held_out"]]
+    assert len(held) == len(set(held)) == sum(len(v) for v in discover(three_sites).splits.values())
+    with pytest.raises(DataError, match="at least two sources"):
+        plan_folds(discover(three_sites).splits["train"][0].path.rsplit("/", 3)[0], "source", 5, 0, "normal")
+
+
+@pytest.mark.slow
+def test_leave_one_source_out_scores_each_held_out_site_and_resumes(three_sites, tmp_path):
+    out = tmp_path / "cv"
+    res = invoke("crossval", "--data", three_sites, "--out", out, "--by", "source", *FLAGS)
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "crossval.json").read_text())
+    by = {row["held_out"]: row for row in r["folds"]}
+    assert by["site-a"]["scored_whole"] and by["site-a"]["roc_auc"] is not None
+    assert by["site-c"]["roc_auc"] is None and by["site-c"]["specificity"] is None  # one class: sensitivity only
+    assert by["site-c"]["sensitivity"] is not None and by["site-c"]["n"] == by["site-c"]["n_infected"]
+    assert by["site-a"]["in_distribution_roc_auc"] is not None
+    assert r["n_scored"] == 2 and r["mean_roc_auc"] == pytest.approx((by["site-a"]["roc_auc"] + by["site-b"]["roc_auc"]) / 2)
+    assert "one class: n/a" in res.output and "mean ROC-AUC over the 2 part(s)" in res.output
+    # run again: every fold is finished, nothing is trained again, the same table comes back
+    before = (out / "site-a" / "run" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    res = invoke("crossval", "--data", three_sites, "--out", out, "--by", "source", *FLAGS)
+    assert res.exit_code == 0, res.output
+    assert (out / "site-a" / "run" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
+    assert json.loads((out / "crossval.json").read_text())["folds"] == r["folds"]
