@@ -57,6 +57,9 @@ def test_leave_one_source_out_scores_each_held_out_site_and_resumes(three_sites,
     assert by["site-a"]["in_distribution_roc_auc"] is not None
     assert r["n_scored"] == 2 and r["mean_roc_auc"] == pytest.approx((by["site-a"]["roc_auc"] + by["site-b"]["roc_auc"]) / 2)
     assert "one class: n/a" in res.output and "mean ROC-AUC over the 2 part(s)" in res.output
+    # trained on two sources: each one's validation ROC-AUC per epoch in the history (and the report's curves)
+    history = (out / "site-c" / "run" / "history.csv").read_text().splitlines()[0]
+    assert "val_auc_source/site-a" in history and "val_auc_source/site-b" in history
     # run again: every fold is finished, nothing is trained again, the same table comes back
     before = (out / "site-a" / "run" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
     res = invoke("crossval", "--data", three_sites, "--out", out, "--by", "source", *FLAGS)

@@ -25,6 +25,8 @@ def learning_curves(history: pd.DataFrame, path: Path, note: str | None = None) 
                 axes[0].plot(df["global_epoch"], df[col], style, label=f"{stage} {col}")
         if "val_auc" in df:
             axes[1].plot(df["global_epoch"], df["val_auc"], "o-", label=f"{stage} val_auc")
+        for col in sorted(c for c in df if c.startswith("val_auc_source/")):  # per source, where several are validated
+            axes[1].plot(df["global_epoch"], df[col], ".:", label=f"{stage} {col.split('/', 1)[1][:30]}")
     axes[0].set(xlabel="epoch (both stages)", ylabel="loss", title=_title("Loss", note))
     axes[1].set(xlabel="epoch (both stages)", ylabel="ROC-AUC", title=_title("Validation ROC-AUC", note))
     for ax in axes:

@@ -43,6 +43,7 @@ class ClassifierModule(L.LightningModule):
         criterion: TaskLoss | None = None,
         head_fn=None,
         preprocessing: Preprocessing | None = None,
+        val_sources: list[str | None] | None = None,
     ):
         super().__init__()
         self.model, self.scheme, self.stage = model, scheme, stage
@@ -57,6 +58,13 @@ class ClassifierModule(L.LightningModule):
         self.criterion = criterion if criterion is not None else TaskLoss(scheme.task, self.loss_cfg.loss, self.loss_cfg.focal_gamma,
                                                                          self.loss_cfg.focal_alpha)
         self.val_auc, self.val_f1, self.val_acc = BinaryAUROC(), BinaryF1Score(), BinaryAccuracy()
+        # per-source validation ROC-AUC (`val_auc_source/<source>` in the history), where the validation images come from
+        # several sources: val_sources[i] is the source of validation image i, None where its source is not scored
+        names = sorted({v for v in (val_sources or []) if v is not None})
+        self.source_names = names if len(names) > 1 else []
+        ids = [names.index(v) if v in self.source_names else -1 for v in (val_sources or [])]
+        self.__dict__["_val_source_ids"] = torch.tensor(ids, dtype=torch.long)
+        self.source_auc = torch.nn.ModuleList([BinaryAUROC() for _ in self.source_names])
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the network takes: cached features as they are, image batches normalised on the device."""
@@ -113,7 +121,7 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x, y, _ = batch
+        x, y, index = batch
         logits = self(x)
         self.log("val_loss", self.criterion(logits, y), on_epoch=True, prog_bar=True, sync_dist=True)
         p = self.scheme.p_infected(logits)
@@ -124,6 +132,13 @@ class ClassifierModule(L.LightningModule):
         self.log("val_auc", self.val_auc, on_epoch=True, prog_bar=True)
         self.log("val_f1", self.val_f1, on_epoch=True)
         self.log("val_acc", self.val_acc, on_epoch=True)
+        if self.source_names:
+            ids = self._val_source_ids[index.cpu()].to(p.device)
+            for k, (name, metric) in enumerate(zip(self.source_names, self.source_auc)):
+                mask = ids == k
+                if mask.any():
+                    metric.update(p[mask], t[mask])
+                    self.log(f"val_auc_source/{name}", metric, on_epoch=True)
 
     def configure_optimizers(self):
         head_lr = self.optim.lr if self.stage == "head" else self.optim.lr_finetune

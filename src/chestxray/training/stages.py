@@ -323,19 +323,30 @@ def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
     cfg, bs = run.cfg, run.cfg.data.batch_size
     prep = run.predictor.preprocessing
     targets = {k: list(run.targets(k)) for k in ("train", "val")}
+    val_sources = scored_sources(run.decoded["val"].samples, run.scheme)
     on_features = stage == "head" and cfg.optim.head_features and (not cfg.augment.head_augment or cfg.optim.feature_views > 0)
     if on_features:
         feats = head_features(run)
         module = ClassifierModule(run.model, run.scheme, stage, cfg.optim, cfg.loss, cfg.hardware, stage_criterion(run),
-                                  head_fn=head_split(run.model)[1], preprocessing=prep)
+                                  head_fn=head_split(run.model)[1], preprocessing=prep, val_sources=val_sources)
         data = StageData(FeatureDataset(feats["train"], targets["train"]), FeatureDataset(feats["val"], targets["val"]),
                          bs, 0, cfg.optim.seed)
         return module, data
-    module = ClassifierModule(run.model, run.scheme, stage, cfg.optim, cfg.loss, cfg.hardware, stage_criterion(run), preprocessing=prep)
+    module = ClassifierModule(run.model, run.scheme, stage, cfg.optim, cfg.loss, cfg.hardware, stage_criterion(run), preprocessing=prep,
+                              val_sources=val_sources)
     augment = stage == "finetune" or cfg.augment.head_augment
     train_ds = make_dataset(run.decoded["train"], run.scheme, prep, train=augment, augment=cfg.augment.augment)
     val_ds = make_dataset(run.decoded["val"], run.scheme, prep, train=False)
     return module, StageData(train_ds, val_ds, bs, cfg.data.workers, cfg.optim.seed)
+
+
+def scored_sources(samples: list, scheme) -> list[str | None]:
+    """Per validation image, its source where that source's validation images hold both infected and normal ones (a
+    ROC-AUC of its own), else None."""
+    kinds: dict[str, set[bool]] = {}
+    for s in samples:
+        kinds.setdefault(s.source, set()).add(scheme.is_infected(s.label))
+    return [s.source if s.source is not None and len(kinds[s.source]) == 2 else None for s in samples]
 
 
 def make_trainer(run: Run, stage: str, n_train: int, progress: bool, continuing: bool) -> tuple[L.Trainer, ModelCheckpoint]:
