@@ -91,5 +91,5 @@ def _fail(e: Exception | str) -> None:
     raise typer.Exit(2)
 
 
-data_app = typer.Typer(help="Dataset checks and splits.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: import public ones, merge, check, split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
