@@ -60,6 +60,8 @@ def test_leave_one_source_out_scores_each_held_out_site_and_resumes(three_sites,
     # trained on two sources: each one's validation ROC-AUC per epoch in the history (and the report's curves)
     history = (out / "site-c" / "run" / "history.csv").read_text().splitlines()[0]
     assert "val_auc_source/site-a" in history and "val_auc_source/site-b" in history
+    card = (out / "site-c" / "run" / "model_card.md").read_text()
+    assert "Sites (sources) trained on: site-a (" in card and "site-c" not in card.split("Sites (sources) trained on:")[1].split("\n")[0]
     # run again: every fold is finished, nothing is trained again, the same table comes back
     before = (out / "site-a" / "run" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
     res = invoke("crossval", "--data", three_sites, "--out", out, "--by", "source", *FLAGS)

@@ -52,6 +52,15 @@ def _split_counts(split_csv: Path) -> list[str]:
             for (s, c, src), n in sorted(images.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], kv[0][2]))]
 
 
+def _training_sites(split_csv: Path) -> str:
+    """The sources of the training images with their classes, e.g. 'nih (normal, pneumonia); cohen (covid)'."""
+    by: dict[str, set[str]] = {}
+    for r in read_split(split_csv):
+        if r.split == "train" and r.source:
+            by.setdefault(r.source, set()).add(r.label)
+    return "; ".join(f"{src} ({', '.join(sorted(c))})" for src, c in sorted(by.items()))
+
+
 def _external(run_dir: Path) -> list[str]:
     rows = []
     for _, m in read_evaluations(run_dir):
@@ -122,6 +131,9 @@ def run_model_card(predictor: Predictor, run_dir: Path) -> str:
     ]
     counts = _split_counts(files.split)
     if counts:
+        sites = _training_sites(files.split)
+        if sites:
+            lines += [f"Sites (sources) trained on: {sites}.", ""]
         lines += ["| split | class | source | images | patients |", "|---|---|---|---|---|", *counts, ""]
     if m:
         b = m["binary"]
