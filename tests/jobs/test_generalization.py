@@ -300,8 +300,9 @@ def test_test_time_views_are_part_of_the_model_contract(tiny_data, tmp_path):
     assert predictor.preprocessing.tta == "views"
     split = predictor.decode(load_samples(tiny_data)["test"])
     logits, features = predictor.forward(split.images)
-    x = F.interpolate(torch.stack([torch.from_numpy(np.array(i))[None] for i in split.images]).float(), size=(64, 64),
-                      mode="bilinear", antialias=True, align_corners=False).round() / 255
+    # the plain view as the contract resizes it (the same transform predict uses), then the views by hand
+    resize = predictor.preprocessing.eval_transform()
+    x = torch.stack([resize(torch.from_numpy(np.array(i))[None]) for i in split.images]).float() / 255
     views = [x, F.interpolate(x[..., 3:61, 3:61], size=(64, 64), mode="bilinear"),  # 90% centre (58 px)
              F.interpolate(x[..., 6:57, 6:57], size=(64, 64), mode="bilinear"),  # 80% centre (51 px)
              F.interpolate(F.pad(x, (3, 3, 3, 3)), size=(64, 64), mode="bilinear"), x ** 0.8, x ** 1.25]

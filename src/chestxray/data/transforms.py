@@ -139,7 +139,7 @@ def test_time_view(x: torch.Tensor, zoom: float, gamma: float) -> torch.Tensor:
 
     if gamma != 1.0:
         x = x.clamp(min=0.0) ** gamma
-    side = x.shape[-1]
+    side = int(x.shape[-1])  # a plain int also under ONNX tracing (the input side is fixed: img_size)
     if zoom < 1.0:
         crop = int(round(side * zoom))
         start = (side - crop) // 2
