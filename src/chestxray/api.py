@@ -113,13 +113,10 @@ def crossval(data: str | Path, out: str | Path, *, by: str = "source", folds: in
              progress: bool = False, **options) -> dict:
     """Leave-one-source-out (`by="source"`) or patient-level k-fold (`by="fold"`) estimates of a recipe (`options`:
     any `chestxray train` option by its field name), as `chestxray crossval`; returns crossval.json's content."""
-    from .config import Config
     from .jobs.crossval import crossval as run
 
-    cfg = Config.load(Path(config)) if config else Config()
-    cfg.update({"data": str(data), **options})
-    cfg.validate()
-    return run(cfg, Path(out), by, folds, progress=progress, n_boot=cfg.calibration.bootstrap)
+    cfg, out = run_config(Path(out), None, Path(config) if config else None, {"data": str(data), **options})
+    return run(cfg, out, by, folds, progress=progress, n_boot=cfg.calibration.bootstrap)
 
 
 def import_dataset(fmt: str, root: str | Path, out: str | Path | None = None, mapping: dict[str, str] | None = None

@@ -86,6 +86,18 @@ def write_text(path: str | Path, text: str) -> None:
             os.fsync(f.fileno())
 
 
+def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> None:
+    """Rows as a CSV with these columns (keys outside them left out, missing ones empty), atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 

@@ -1,8 +1,6 @@
 """Importers of public datasets in their native layouts, each built here in miniature; the shared sample of the COVID-19
 Radiography Database read through its importer."""
 
-import csv
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,7 +8,7 @@ from PIL import Image
 import chestxray
 from chestxray.data.importers import FORMATS, import_dataset, parse_mapping, url_source
 from chestxray.data.sources import DataError, read_manifest
-from tests.helpers import SHARED_DATA, invoke, write_dicom
+from tests.helpers import SHARED_DATA, invoke, write_dicom, write_manifest
 
 COVID_SAMPLE = SHARED_DATA.parent / "covid-radiography-sample"
 
@@ -19,13 +17,6 @@ def png(path, value=100):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((8, 8), value, np.uint8)).save(path)
     return path
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def kermany(root):
@@ -103,7 +94,7 @@ def test_cohen_frontal_xrays_findings_and_urls(tmp_path):
         rows.append({"patientid": str(i % 3), "offset": "", "finding": finding, "view": view, "modality": modality,
                      "folder": "images", "filename": f"{i}.png", "url": f"https://example.org/{i}", "license": "CC BY"})
     rows.append({**rows[0], "filename": "missing.png"})
-    write_csv(root / "metadata.csv", rows)
+    write_manifest(root / "metadata.csv", rows)
     r = import_dataset("cohen", root)
     assert [(row["label"], row["view"], row["patient_id"]) for row in r.rows] == [
         ("covid", "PA", "cohen-0"), ("pneumonia", "AP", "cohen-1"), ("normal", "AP", "cohen-2")]
@@ -121,7 +112,7 @@ def test_nih_pneumonia_against_no_finding_with_the_official_test_list(tmp_path):
                ("00000004_000.png", "No Finding", "4", "PA")]
     for name, *_ in entries[:4]:
         png(root / "images_001" / "images" / name)
-    write_csv(root / "Data_Entry_2017_v2020.csv", [{"Image Index": n, "Finding Labels": f, "Follow-up #": "0",
+    write_manifest(root / "Data_Entry_2017_v2020.csv", [{"Image Index": n, "Finding Labels": f, "Follow-up #": "0",
                                                      "Patient ID": p, "View Position": v} for n, f, p, v in entries])
     (root / "test_list.txt").write_text("00000003_000.png\n")
     r = import_dataset("nih", root)
@@ -141,7 +132,7 @@ def test_rsna_boxes_classes_and_views(tmp_path):
         ds = pydicom.dcmread(root / "stage_2_train_images" / f"{pid}.dcm")
         ds.ViewPosition = view
         ds.save_as(root / "stage_2_train_images" / f"{pid}.dcm")
-    write_csv(root / "stage_2_train_labels.csv", [
+    write_manifest(root / "stage_2_train_labels.csv", [
         {"patientId": "a", "x": "1", "y": "1", "width": "2", "height": "2", "Target": "1"},
         {"patientId": "a", "x": "5", "y": "1", "width": "2", "height": "2", "Target": "1"},  # a second box, one image
         {"patientId": "b", "x": "", "y": "", "width": "", "height": "", "Target": "0"},
@@ -150,7 +141,7 @@ def test_rsna_boxes_classes_and_views(tmp_path):
     r = import_dataset("rsna-pneumonia", root)
     assert [(row["label"], row["view"]) for row in r.rows] == [("pneumonia", "PA"), ("normal", "AP"), ("normal", "AP")]
     assert any("Target 0" in n for n in r.notes) and r.skipped == {"image file missing": 1}
-    write_csv(root / "stage_2_detailed_class_info.csv", [{"patientId": "a", "class": "Lung Opacity"},
+    write_manifest(root / "stage_2_detailed_class_info.csv", [{"patientId": "a", "class": "Lung Opacity"},
                                                          {"patientId": "b", "class": "No Lung Opacity / Not Normal"},
                                                          {"patientId": "c", "class": "Normal"}])
     r = import_dataset("rsna-pneumonia", root)

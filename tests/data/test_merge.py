@@ -1,8 +1,6 @@
 """Merging manifests of several datasets: copies across datasets found and dropped by the stated rule, patient ids kept
 apart, splits kept or made patient-level, and `data check` naming a class that one source alone holds."""
 
-import csv
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,7 +8,7 @@ from PIL import Image
 from chestxray.data.check import quick_check
 from chestxray.data.merge import merge_manifests
 from chestxray.data.sources import DataError, discover, read_manifest
-from tests.helpers import invoke
+from tests.helpers import invoke, write_manifest
 
 
 def film(path, seed, size=96):
@@ -20,14 +18,6 @@ def film(path, seed, size=96):
     im = Image.fromarray(small).resize((size, size), Image.BICUBIC)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, **({"quality": 75} if path.suffix == ".jpg" else {}))
-    return path
-
-
-def manifest(path, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     return path
 
 
@@ -48,8 +38,8 @@ def two_datasets(tmp_path):
               {"path": "bytes-of-a3.png", "label": "normal", "patient_id": "21"}]
     rows_b += [{"path": f"own{i}.png", "label": "covid" if (i // 2) % 2 else "normal", "patient_id": str(100 + i // 2)}
                for i in range(10, 38)]  # 14 patients of two films each
-    return manifest(tmp_path / "site-a.csv", [{**r, "path": str(a / r["path"])} for r in rows_a]), \
-        manifest(b / "labels.csv", rows_b)
+    return write_manifest(tmp_path / "site-a.csv", [{**r, "path": str(a / r["path"])} for r in rows_a]), \
+        write_manifest(b / "labels.csv", rows_b)
 
 
 def test_copies_across_datasets_are_dropped_by_the_rule(two_datasets):

@@ -1,13 +1,12 @@
 """Leave-one-source-out and k-fold estimates (`chestxray crossval`) on phantoms from three made-up sources."""
 
-import csv
 import json
 
 import pytest
 
 from chestxray.data.sources import DataError, discover
 from chestxray.jobs.crossval import plan_folds
-from tests.helpers import invoke
+from tests.helpers import invoke, write_manifest
 
 FLAGS = ["--img-size", "32", "--stages", "head", "--epochs-head", "1", "--bootstrap", "50", "--no-audit",
          "--no-lung-check", "--no-calibrate", "--quiet"]
@@ -23,12 +22,7 @@ def three_sites(tiny_data, tmp_path_factory):
         for i, s in enumerate(found.splits[split]):
             site = "site-c" if s.label == "covid" and i % 3 == 0 else ("site-a" if i % 2 else "site-b")
             rows.append({"path": s.path, "label": s.label, "patient_id": f"p{split}{i}", "source": site, "split": split})
-    path = tmp_path_factory.mktemp("crossval") / "sites.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return write_manifest(tmp_path_factory.mktemp("crossval") / "sites.csv", rows)
 
 
 def test_the_folds_of_each_kind(three_sites):

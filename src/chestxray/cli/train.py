@@ -55,12 +55,10 @@ def crossval(
     """Leave-one-site-out (or patient-level k-fold) estimates of a recipe: one run per fold, the held-out part's
     ROC-AUC, sensitivity and specificity with 95% intervals, their mean, and the in-distribution figures beside them.
     Run it again to resume."""
-    from ..config import Config
     from ..jobs.crossval import crossval as run_crossval
+    from ..jobs.train import run_config
 
-    cfg = Config.load(config) if config else Config()
-    cfg.update(overrides)
-    cfg.validate()
+    cfg, out = run_config(out, None, config, overrides)
     r = run_crossval(cfg, out, by, folds, progress=not quiet, n_boot=cfg.calibration.bootstrap)
     typer.echo(tables.crossval(r))
     typer.echo(f"written: {out / 'crossval.json'}, {out / 'crossval.csv'}")

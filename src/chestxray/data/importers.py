@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..files import write_text
+from ..files import write_csv
 from .io import IMAGE_SUFFIXES
 from .sources import DataError
 
 FORMATS: dict[str, Callable] = {}
-COLUMNS = ["path", "label", "patient_id", "source", "view", "split"]
+COLUMNS = ["path", "label", "patient_id", "source", "view", "split"]  # the project's manifest, as every writer of one writes it
 SKIP = "skip"  # a mapping to this leaves the class out
 KERMANY_MIN_VAL = 100  # a validation folder smaller than this is too small to choose an epoch and a threshold on
 
@@ -58,13 +58,7 @@ class Imported:
             raise DataError(f"{self.root}: nothing to import as {self.format} (read {self.read}; skipped "
                             f"{dict(self.skipped) or 'none'})")
         extra = sorted({k for r in self.rows for k in r} - set(COLUMNS))
-        import io
-
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS + extra, lineterminator="\n")
-        w.writeheader()
-        w.writerows(self.rows)
-        write_text(out, buf.getvalue())
+        write_csv(out, self.rows, COLUMNS + extra)
         return out
 
 

@@ -10,7 +10,6 @@ one dataset are reported, not dropped (`data check` says whether they cross its 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import write_text
+from ..files import write_csv
 from .check import hamming_pairs
+from .importers import COLUMNS
 from .io import XrayReadError, read_xray
 from .labels import canonical_label
 from .sources import DataError, Sample, carve_validation, read_csv_rows, split_from_path, split_name
@@ -56,20 +56,10 @@ class Merged:
     splits: dict[str, int] = field(default_factory=dict)
 
     def write(self, out: Path) -> Path:
-        import csv
-
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(self.rows)
-        write_text(out, buf.getvalue())
-        report = out.with_name(f"{out.stem}-duplicates.csv")
-        buf = io.StringIO()
-        cols = ["kind", "distance", "action", "a", "dataset_a", "label_a", "b", "dataset_b", "label_b"]
-        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        w.writeheader()
-        w.writerows(self.duplicates)
-        write_text(report, buf.getvalue())
+        """The merged manifest at `out`, and every copy found in OUT-duplicates.csv."""
+        write_csv(out, self.rows, self.columns)
+        write_csv(out.with_name(f"{out.stem}-duplicates.csv"), self.duplicates,
+                  ["kind", "distance", "action", "a", "dataset_a", "label_a", "b", "dataset_b", "label_b"])
         return out
 
 
@@ -80,7 +70,7 @@ def merge_manifests(manifests: list[str | Path], max_distance: int = NEAR_DISTAN
     if len(manifests) < 2:
         raise DataError("data merge needs at least two manifests")
     res = Merged()
-    columns = ["path", "label", "patient_id", "source", "view", "split", "dataset"]
+    columns = [*COLUMNS, "dataset"]
     names = [dataset_name(Path(m)) for m in manifests]
     if len(set(names)) < len(names):
         raise DataError(f"manifests with the same name {sorted(n for n, c in Counter(names).items() if c > 1)}: each "
@@ -149,7 +139,8 @@ def _drop_copies(res: Merged, order: list[str], max_distance: int) -> None:
     if hashes:
         h = np.stack(hashes)
         pairs = [(a, b, d) for a, b, d in hamming_pairs(h, h, max_distance) if a < b]
-    pairs += [(a, b, 0) for a, b in exact if not any(x == a and y == b for x, y, _ in pairs)]
+    found = {(a, b) for a, b, _ in pairs}
+    pairs += [(a, b, 0) for a, b in exact if (a, b) not in found]
     drop: dict[int, str] = {}
     for a, b, d in sorted(pairs):
         ra, rb = res.rows[readable[a]], res.rows[readable[b]]

@@ -15,8 +15,6 @@ an interrupted training goes on from its last epoch). Folds run one after anothe
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from pathlib import Path
@@ -24,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
+from ..data.importers import COLUMNS
 from ..data.sources import DataError, Sample, discover
-from ..files import write_text
-from ..rundir import RunDir
+from ..files import write_csv
+from ..rundir import RunDir, write_json
 from ..training.runstate import read_progress
 from .evaluate import evaluate_run
 from .train import train_run
@@ -36,13 +35,10 @@ BY = ("source", "fold")
 
 
 def _write(path: Path, rows: list[tuple[Sample, str]]) -> Path:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "patient_id", "source", "view", "split"])
-    for s, split in rows:
-        w.writerow([s.path, s.label, s.patient_id or "", s.source or "", s.view or "", split])
+    """A fold's samples with their splits, as a manifest."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, buf.getvalue())
+    write_csv(path, [{"path": s.path, "label": s.label, "patient_id": s.patient_id or "", "source": s.source or "",
+                      "view": s.view or "", "split": split} for s, split in rows], COLUMNS)
     return path
 
 
@@ -88,6 +84,7 @@ def crossval(cfg: Config, out: Path, by: str = "source", k: int = 5, progress: b
     """Train and score every fold (resuming where a fold's run or evaluation exists); write OUT/crossval.json and
     OUT/crossval.csv; return the summary."""
     out = Path(out)
+    cfg.validate()
     if not cfg.data.data:
         raise DataError("no data: give --data (a manifest with a 'source' column for --by source)")
     normal = cfg.data.normal_class.lower()
@@ -122,13 +119,8 @@ def crossval(cfg: Config, out: Path, by: str = "source", k: int = 5, progress: b
                "mean_roc_auc": float(np.mean(scored)) if scored else None, "n_scored": len(scored),
                "note": "Research figures only; each held-out part is one site (or fold) with its own age, device and "
                        "label quality."}
-    write_text(out / "crossval.json", json.dumps(summary, indent=2))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[c for c in rows[0] if not isinstance(rows[0][c], (list, dict))], extrasaction="ignore",
-                       lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(out / "crossval.csv", buf.getvalue())
+    write_json(out / "crossval.json", summary)
+    write_csv(out / "crossval.csv", rows, [c for c in rows[0] if not isinstance(rows[0][c], (list, dict))])
     return summary
 
 
