@@ -17,9 +17,15 @@ def test_binary_metrics_by_hand():
     assert m["roc_auc"] == pytest.approx(14 / 16)
 
 
-def test_single_class_gives_none_auc():
-    m = binary_metrics(np.array([1, 1]), np.array([0.2, 0.9]))
-    assert m["roc_auc"] is None and m["specificity"] is None
+def test_single_class_gives_none_auc_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's 'Only one class is present' would reach a user's terminal
+        m = binary_metrics(np.array([1, 1]), np.array([0.2, 0.9]))
+        n = binary_metrics(np.array([0, 0, 0]), np.array([0.2, 0.9, 0.4]))
+    assert m["roc_auc"] is None and m["pr_auc"] is None and m["specificity"] is None
+    assert n["roc_auc"] is None and n["pr_auc"] is None and n["sensitivity"] is None
 
 
 def test_best_f1_threshold_separates():

@@ -16,6 +16,12 @@ def _safe(fn, *args, **kw) -> float | None:
         return None
 
 
+def _ranked(fn, y: np.ndarray, p: np.ndarray) -> float | None:
+    """A ranking metric (ROC-AUC, average precision): None where `y` holds one class only (a one-class site or split),
+    without asking scikit-learn, which would warn on the terminal and return nan."""
+    return _safe(fn, y, p) if len(np.unique(y)) == 2 else None
+
+
 def confusion_rates(y: np.ndarray, pred: np.ndarray) -> tuple[tuple[int, int, int, int], dict]:
     """((tp, tn, fp, fn), the rates they give) of labels y (1 = infected) and decisions pred (1 = infected). A rate
     whose denominator is zero is None."""
@@ -44,8 +50,8 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
         **rates,
         "f1_infected": _safe(f1_score, y, pred, pos_label=1, zero_division=0),
         "macro_f1": _safe(f1_score, y, pred, average="macro", zero_division=0),
-        "roc_auc": _safe(roc_auc_score, y, p),
-        "pr_auc": _safe(average_precision_score, y, p),
+        "roc_auc": _ranked(roc_auc_score, y, p),
+        "pr_auc": _ranked(average_precision_score, y, p),
         "confusion_matrix": {"labels": ["normal", "infected"], "rows_true_cols_pred": [[tn, fp], [fn, tp]]},
     }
 
@@ -82,7 +88,7 @@ def multilabel_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thre
         "per_label_f1": {
             name: _safe(f1_score, y[:, j], pred[:, j], zero_division=0) for j, name in enumerate(labels)
         },
-        "per_label_roc_auc": {name: _safe(roc_auc_score, y[:, j], probs[:, j]) for j, name in enumerate(labels)},
+        "per_label_roc_auc": {name: _ranked(roc_auc_score, y[:, j], probs[:, j]) for j, name in enumerate(labels)},
         "jaccard_samples_sklearn": _safe(jaccard_score, y, pred, average="samples", zero_division=1),
     }
 
