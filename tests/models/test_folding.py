@@ -7,7 +7,7 @@ from torch import nn
 from chestxray.data.labels import TaskScheme
 from chestxray.data.transforms import Preprocessing
 from chestxray.models.backbones import REGISTRY, create_model, normalisation
-from chestxray.models.folding import folded_copy
+from chestxray.models.folding import SameConv, folded_copy
 from chestxray.models.predictor import Predictor
 
 
@@ -41,6 +41,37 @@ def test_folded_network_matches_the_original(name):
     else:
         assert left == 0, f"{left} of {n_bn} batch-norm layers not folded"
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn  # the original is untouched
+
+
+@pytest.mark.parametrize("k,stride,groups", [(3, 2, 1), (3, 2, 8), (5, 2, 8), (3, 1, 1), (4, 2, 1), (5, 3, 8)])
+def test_same_padding_without_a_padded_copy_gives_timms_outputs(k, stride, groups):
+    from timm.layers.conv2d_same import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(8, 16, k, stride=stride, groups=groups, bias=True).eval()
+    fast = SameConv(conv)
+    for h, w in [(32, 32), (33, 33), (32, 31), (7, 10), (1, 2)]:  # even, odd and mixed sides: each parity's kernel
+        x = torch.randn(2, 8, h, w)
+        with torch.no_grad():
+            expected, got = conv(x), fast(x)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), (h, w)
+
+
+def test_the_folded_efficientnet_pads_no_copies_and_keeps_its_output():
+    from timm.layers.conv2d_same import Conv2dSame
+
+    model, _ = create_model("efficientnet_lite0", 2, pretrained=False)
+    randomise_batchnorm(model)
+    model.eval()
+    assert any(isinstance(m, Conv2dSame) for m in model.modules())
+    folded = folded_copy(model, torch.zeros(1, 3, 64, 64))
+    assert not any(isinstance(m, Conv2dSame) for m in folded.modules())
+    assert sum(isinstance(m, SameConv) for m in folded.modules()) == sum(isinstance(m, Conv2dSame) for m in model.modules())
+    for side in (64, 63, 100):
+        x = torch.randn(2, 3, side, side)
+        with torch.no_grad():
+            assert torch.allclose(folded(x), model(x), rtol=1e-4, atol=1e-4), side
 
 
 class SharedOutput(nn.Module):

@@ -34,6 +34,24 @@ def test_the_lungs_box_grows_by_its_margin_within_the_image():
     assert lung_box(prob >= 0.5, 1.0) == (0, 100, 0, 100)  # clipped to the image
 
 
+def test_dilation_grows_by_a_disc_and_nothing_grows_in_from_the_border():
+    from scipy import ndimage
+
+    mask = np.zeros((60, 80), bool)
+    mask[30, 40] = mask[0, 0] = True  # one pixel inside, one in the corner
+    grown = dilated(mask, 0.05)  # a disc of radius 4 (5% of 80)
+    yy, xx = np.mgrid[:60, :80]
+    disc = ((yy - 30) ** 2 + (xx - 40) ** 2 <= 16) | (yy ** 2 + xx ** 2 <= 16)
+    assert (grown == disc).all()
+    rng = np.random.default_rng(0)  # the same pixels as scipy's binary dilation with that disc, on random masks
+    for _ in range(20):
+        m = rng.random((int(rng.integers(20, 120)), int(rng.integers(20, 120)))) < 0.01
+        m[:, :2] = True
+        r = max(1, round(0.05 * max(m.shape)))
+        y, x = np.mgrid[-r:r + 1, -r:r + 1]
+        assert (dilated(m) == ndimage.binary_dilation(m, structure=y ** 2 + x ** 2 <= r * r)).all()
+
+
 def test_masking_keeps_the_dilated_lungs_and_blanks_the_rest():
     image, prob = two_fields()
     out = lung_input(image, prob, crop=False, mask=True)

@@ -7,6 +7,9 @@ EfficientNet-Lite0's forward pass about 1.7x faster (benchmarks/predict_profile.
 unfolded network's by float rounding only (relative 1e-5), and every consumer of the model contract runs the folded
 network, so they all see the same numbers.
 
+The copy also drops the padded copy of the input that TensorFlow's "same" padding makes (timm's Conv2dSame, in the
+tf_* EfficientNets): see `SameConv`. That is about 1.2x faster again, with the same outputs.
+
 Pairs are found by running the network once on a small input and recording which convolution's output each
 batch-norm layer receives, so no architecture is described by hand; a folded copy whose output differs from the
 original's by more than rounding is refused and the original used.
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger("chestxray")
@@ -84,8 +89,49 @@ def _after_norm(bn: nn.Module) -> nn.Module:
     return nn.Sequential(*rest) if rest else nn.Identity()
 
 
+class SameConv(nn.Module):
+    """A convolution with TensorFlow's "same" padding, without padding a copy of its input.
+
+    "Same" pads by T = (ceil(i/s) - 1) * s + k - i in all, T // 2 before and the rest after: one more after where T
+    is odd (a stride-2 layer on an even side). timm's Conv2dSame pads a copy of the input for that, a pass over the
+    largest tensors of the network. Here the kernel gets a leading row (or column) of zeros instead, and the
+    convolution symmetric padding of ceil(T / 2): every output sums the same products (plus exact zeros) over the
+    same window, so the result is the same. Inference only: the shifted kernels are cached per parity."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.groups = conv.stride, conv.groups
+        self._kernels: dict[tuple[int, int], torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads, shifts = [], []
+        for size, k, s in zip(x.shape[-2:], self.weight.shape[-2:], self.stride):
+            total = max((math.ceil(int(size) / s) - 1) * s + k - int(size), 0)
+            pads.append(total - total // 2)
+            shifts.append(total % 2)
+        key = (shifts[0], shifts[1])
+        if key not in self._kernels:
+            w = F.pad(self.weight, (key[1], 0, key[0], 0)) if any(key) else self.weight
+            self._kernels[key] = w.contiguous(memory_format=torch.channels_last) if self.weight.dim() == 4 else w
+        return F.conv2d(x, self._kernels[key], self.bias, self.stride, tuple(pads), 1, self.groups)
+
+
+def _without_padded_copies(model: nn.Module) -> None:
+    """Every timm Conv2dSame (dilation 1) of `model` replaced by a `SameConv` of the same weights."""
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv2dSame) and tuple(child.dilation) == (1, 1):
+                setattr(parent, name, SameConv(child))
+
+
 def folded_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """An eval-mode copy of `model` with every batch-norm folded into its convolution (see the module's notes)."""
+    """An eval-mode copy of `model` with every batch-norm folded into its convolution and no padded copies of inputs
+    (see the module's notes)."""
     folded = copy.deepcopy(model).eval()
     with torch.no_grad():
         pairs = conv_bn_pairs(folded, example)
@@ -94,6 +140,7 @@ def folded_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
             _fold(modules[conv_name], modules[bn_name])
             parent, _, leaf = bn_name.rpartition(".")
             setattr(modules[parent] if parent else folded, leaf, _after_norm(modules[bn_name]))
+        _without_padded_copies(folded)
         was = model.training
         model.eval()
         probe = torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example.device)
