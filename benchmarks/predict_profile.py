@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     shell("start-up: chestxray --help", 0, [*CLI, "--help"])
 
     from chestxray.data.datamodule import DecodedDataset, make_loader
-    from chestxray.models.predictor import BATCH_SIZE, Predictor
+    from chestxray.models.predictor import CPU_BATCH, Predictor
 
     if args.run is None:
         from chestxray.data.datamodule import decode_split
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     split, _ = clock("decode, warm cache", n, lambda: predictor.decode(samples))
     prep = predictor.preprocessing
     ds = DecodedDataset(split.images, None, prep.eval_transform())
-    batches, _ = clock("eval transform + loader (uint8 batches)", n, lambda: [x for x, _, _ in make_loader(ds, BATCH_SIZE, train=False)])
+    batches, _ = clock("eval transform + loader (uint8 batches)", n, lambda: [x for x, _, _ in make_loader(ds, CPU_BATCH, train=False)])
     model = predictor.model.eval()
     for fmt, name in ((torch.contiguous_format, "contiguous"), (torch.channels_last, "channels_last")):
         model.to(memory_format=fmt)

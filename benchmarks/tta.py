@@ -32,12 +32,12 @@ SETS = {"views (all six)": [0, 1, 2, 3, 4, 5], "intensity only (image, gamma 0.8
 def view_logits(predictor, images) -> torch.Tensor:
     """(views, N, outputs) raw logits, one slice per view of TTA_VIEWS['views']."""
     from chestxray.data.datamodule import DecodedDataset, make_loader
-    from chestxray.models.predictor import BATCH_SIZE
+    from chestxray.models.predictor import CPU_BATCH
 
     prep = dataclasses.replace(predictor.preprocessing, tta="views")
     model = predictor.model.eval()
     out = []
-    for x, _, _ in make_loader(DecodedDataset(images, None, prep.eval_transform()), BATCH_SIZE, train=False):
+    for x, _, _ in make_loader(DecodedDataset(images, None, prep.eval_transform()), CPU_BATCH, train=False):
         out.append(torch.stack([model(v).float() for v in prep.model_views(x)]))
     return torch.cat(out, dim=1)
 

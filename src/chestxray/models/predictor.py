@@ -41,7 +41,15 @@ CONTRACT_VERSION = 1  # of `Predictor.contract()`; readers take every version up
 META_KEYS = ("model_name", "timm_name", "stage", "weights_origin", "config", "synthetic", "data_resolved",
              "adapted_from", "adaptation")
 log = logging.getLogger("chestxray")
-BATCH_SIZE = 64  # one batch size everywhere: kernels chosen per batch shape could differ in the last bits
+# One batch size per kind of device (kernels chosen per batch shape could differ in the last bits): 16 on a CPU, where
+# smaller batches stay in cache (EfficientNet-Lite0 at 224 px, 2 cores: 215 images/s at 16, 193 at 64; the head-only
+# run 21.6 s against 24.5 s, benchmarks/head_run.py), 64 on an accelerator.
+CPU_BATCH, ACCELERATOR_BATCH = 16, 64
+
+
+def batch_size(device: "torch.device | str") -> int:
+    """The contract's batch size on `device`."""
+    return CPU_BATCH if torch.device(device).type == "cpu" else ACCELERATOR_BATCH
 
 
 class CheckpointError(ChestXrayError):
@@ -95,7 +103,7 @@ class Predictor:
             log.info("%s: %d image(s)", desc, len(ds))
         logits, feats = [], []
         with tqdm(total=len(ds), desc=desc, unit="img", leave=False, disable=None if desc else True) as bar:
-            for x, _, _ in make_loader(ds, BATCH_SIZE, train=False):
+            for x, _, _ in make_loader(ds, batch_size(device), train=False):
                 views = [v.contiguous(memory_format=torch.channels_last) for v in prep.model_views(x.to(device))]
                 z, f = contract_outputs(model, views)
                 logits.append(z.cpu())
@@ -135,8 +143,8 @@ class Predictor:
             raise ValueError("logits follow from features only for a classifier-only head without test-time augmentation")
         model = self.inference_model()
         device = next(model.parameters()).device
-        out = [model.get_classifier()(features[i:i + BATCH_SIZE].to(device)).float().cpu()
-               for i in range(0, len(features), BATCH_SIZE)]
+        n = batch_size(device)
+        out = [model.get_classifier()(features[i:i + n].to(device)).float().cpu() for i in range(0, len(features), n)]
         return torch.cat(out) if out else torch.zeros(0, self.scheme.num_outputs)
 
     def logits(self, images) -> torch.Tensor:
@@ -247,7 +255,7 @@ class Predictor:
         """Predictions table for samples (an image without a radiograph's grey levels gets an empty `predicted` and
         its reason in `image_quality`; with the lung segmenter, `lungs_found`), and the read errors of skipped files."""
         split = self.decode(samples, skip_bad)
-        desc = "predicting" if len(split.images) > BATCH_SIZE else None
+        desc = "predicting" if len(split.images) > CPU_BATCH else None
         lung_probs = self.lung_check_probabilities(split, lungs)
         return self.table(split, *self.forward(split.images, desc=desc), lung_probs=lung_probs), split.errors
 
