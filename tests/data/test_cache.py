@@ -47,3 +47,32 @@ def test_unreadable_files(tmp_path):
         cache.get([str(good), str(bad)])
     store, kept, errors = cache.get([str(bad), str(good)], skip_bad=True)
     assert kept == [1] and len(store) == 1 and errors[0].path == str(bad)
+
+
+def test_only_the_shards_a_request_needs_are_checked(tmp_path, monkeypatch):
+    """A corrupt shard that holds none of the requested images is neither hashed nor removed; asked for, it is
+    found, removed and its images decoded again."""
+    import chestxray.data.cache as cache_mod
+
+    first, second = [], []
+    for i in range(3):
+        for group, name in ((first, "a"), (second, "b")):
+            p = tmp_path / f"{name}{i}.png"
+            _write(p, 10 * i + (100 if name == "b" else 0))
+            group.append(str(p))
+    DecodedCache(tmp_path / "c", 16).get(first)
+    DecodedCache(tmp_path / "c", 16).get(second)
+    shards = sorted((tmp_path / "c" / "decoded" / "16").glob("shard-*.npy"), key=os.path.getmtime)
+    corrupt = shards[0]  # the first request's images
+    data = bytearray(corrupt.read_bytes())
+    data[-1] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    cache_mod._VERIFIED.clear()
+    hashed = []
+    real = cache_mod.sha256
+    monkeypatch.setattr(cache_mod, "sha256", lambda p: hashed.append(p.name) or real(p))
+    store, _, _ = DecodedCache(tmp_path / "c", 16).get(second)
+    assert hashed == [shards[1].name] and corrupt.exists()  # only the shard holding the wanted images
+    assert store[1][0, 0] == 110
+    store, _, _ = DecodedCache(tmp_path / "c", 16).get(first)
+    assert not corrupt.exists() and store[2][0, 0] == 20  # found corrupt when wanted, decoded again

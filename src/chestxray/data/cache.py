@@ -106,9 +106,10 @@ class DecodedCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, np.ndarray] = {}
 
-    def _index(self) -> dict[str, tuple[str, int]]:
+    def _index(self, wanted: set[str]) -> dict[str, tuple[str, int]]:
         """key -> (shard, row) over the shards that pass their size and checksum records (others are removed,
-        so their images are decoded again)."""
+        so their images are decoded again). Only shards holding a `wanted` key are checked (and hashed): a large
+        cache costs a one-image prediction nothing; the others are checked when they are wanted."""
         index = {}
         for meta in sorted(self.dir.glob("shard-*.json")):
             name = meta.stem
@@ -117,6 +118,8 @@ class DecodedCache:
                 record = json.loads(meta.read_text())
             except (OSError, ValueError):
                 record = None
+            if record is not None and npy.exists() and wanted.isdisjoint(record["keys"]):
+                continue
             problem = "its key list is unreadable" if record is None else "its image file is missing" if not npy.exists() \
                 else shard_problem(npy, record)
             if problem:
@@ -195,12 +198,12 @@ class DecodedCache:
         workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         keys = [file_key(p, self.side) for p in paths]
         with file_lock(self.dir / ".lock"):
-            index = self._index()
+            index = self._index(set(keys))
             missing = sorted({k: p for k, p in zip(keys, paths) if k not in index}.items(), key=lambda kp: kp[1])
             errors = {}
             if missing:
                 errors = self._build([p for _, p in missing], [k for k, _ in missing], workers, desc)
-                index = self._index()
+                index = self._index(set(keys))
         refs, kept, errs = [], [], []
         for i, k in enumerate(keys):
             if k in index:
