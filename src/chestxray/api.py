@@ -71,10 +71,11 @@ class Model:
                 f"threshold {self.threshold:.4f}, from {self.path})")
 
 
-def load(path: str | Path, engine: str = "torch") -> Model:
+def load(path: str | Path, engine: str = "torch", device: str = "cpu") -> Model:
     """A run directory, its checkpoints/best.ckpt, or an exported .onnx file. `engine` 'onnx' runs a run directory's
-    model on onnxruntime through its verified export (made once beside the checkpoint)."""
-    return Model(load_on(path, engine))
+    model on onnxruntime through its verified export (made once beside the checkpoint). `device`: where PyTorch runs
+    the network (cpu, cuda, cuda:N, or auto)."""
+    return Model(load_on(path, engine, device))
 
 
 def train(data: str | Path | None = None, out: str | Path | None = None, *, config: str | Path | None = None,
@@ -95,10 +96,10 @@ def train(data: str | Path | None = None, out: str | Path | None = None, *, conf
 def evaluate(model: str | Path, data: str | Path, *, split: str | None = None, out: str | Path | None = None,
              bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int | None = None, audit: bool = False, name: str | None = None,
              overwrite: bool = False, skip_bad: bool = False, engine: str = "torch", lungs: bool = True,
-             attention: bool = False) -> tuple[dict, Path]:
+             attention: bool = False, device: str = "cpu") -> tuple[dict, Path]:
     """Evaluate a run (or an exported file) on `split` of `data` as `chestxray evaluate` does: (the metrics, the folder
     they were written to)."""
-    return evaluate_run(model, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(model, engine),
+    return evaluate_run(model, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(model, engine, device),
                         lungs, None, attention)
 
 

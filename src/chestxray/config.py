@@ -49,7 +49,7 @@ class DataConfig:
     val_fraction: float = option(0.15, "Fraction of train carved out as validation (patient-level, stratified) when the data has no val split.", gt=0.0, lt=1.0)
     test_fraction: float = option(0.15, "Fraction of train carved out as the test split (patient-level, stratified) when the data has no test split, so that the run's figures never come from the validation images that chose its epoch, stage and threshold; 0: no test split, the run reports validation figures, marked optimistic.", ge=0.0, lt=1.0, before=0.0)
     skip_bad: bool = option(False, "Skip unreadable images (listed in RUN/skipped.csv) instead of stopping.")
-    workers: int = option(0, "DataLoader worker processes; images are decoded once up front, so 0 suits a CPU.", ge=0)
+    workers: str = option("auto", "DataLoader worker processes that augment the training batches: a count, or auto (0 where training runs on the CPU, where images are decoded once up front; on a GPU, the CPUs per training process less one, at most 8: fine-tuning 1.75x faster on an H200, benchmarks/gpu.py).")
     cache_dir: str | None = option(None, "Decoded-image and feature cache. [default: $CHESTXRAY_CACHE or ~/.cache/chestxray]")
     intensity: str = option("none", "Per-image intensity standardisation before the model, at training and inference: global histogram equalisation, the 1st-99th percentile stretched to the full range, or CLAHE (local, contrast-limited equalisation).", ("none", "equalize", "percentile", "clahe"))
     tta: str = option("none", "Test-time augmentation: 'views' averages the logits of six views (the image, centre crops of 90% and 80%, a 10% black border, gamma 0.8 and 1.25) in every prediction, evaluation and decision; six times the inference cost. Grad-CAM and the out-of-distribution score use the plain view.", ("none", "views"))
@@ -276,6 +276,8 @@ class Config:
         if not any(epochs[s] > 0 for s in stages):
             raise ConfigError(f"no stage would run: --stages {self.optim.stages} with --epochs-head {epochs['head']} "
                               f"and --epochs-finetune {epochs['finetune']}; give a listed stage at least one epoch")
+        if self.data.workers != "auto" and not str(self.data.workers).isdigit():
+            raise ConfigError(f"--workers must be a count (0, 1, ...) or auto; got '{self.data.workers}'")
         if self.hardware.accelerator in ("gpu", "cuda"):
             import torch
 

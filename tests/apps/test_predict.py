@@ -41,3 +41,46 @@ def test_predict_does_not_overwrite_another_runs_file(relative_runs, tiny_data, 
     other.write_text("a,b\n1,2\n")
     res = invoke("predict", run_a, images, "--out", other)
     assert res.exit_code == 2 and "something other than predictions" in res.output
+
+
+def test_device_option_names_what_is_wrong(relative_runs, tiny_data, tmp_path, monkeypatch):
+    """--device: auto is the CPU where no GPU is visible (the same figures); a GPU that is not there, a word that is no
+    device and onnxruntime on a GPU are refused with a line naming the option."""
+    import torch
+
+    from chestxray.apps.engines import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    _, runs = relative_runs
+    image = next((tiny_data / "test" / "covid").iterdir())
+    tables = []
+    for device in ("cpu", "auto"):
+        res = invoke("predict", runs[0], image, "--device", device, "--out", tmp_path / f"{device}.csv")
+        assert res.exit_code == 0, res.output
+        tables.append(pd.read_csv(tmp_path / f"{device}.csv"))
+    assert tables[0]["p_infected"].tolist() == tables[1]["p_infected"].tolist()
+    for device, words in (("cuda", "no such CUDA GPU"), ("cuda:3", "no such CUDA GPU"), ("gpu0", "not a device")):
+        res = invoke("predict", runs[0], image, "--device", device, "--out", tmp_path / "x.csv")
+        assert res.exit_code == 2 and words in res.output, res.output
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    res = invoke("predict", runs[0], image, "--engine", "onnx", "--device", "cuda", "--out", tmp_path / "x.csv")
+    assert res.exit_code == 2 and "onnxruntime runs on the CPU" in res.output, res.output
+
+
+def test_no_tf32_turns_tf32_off_and_restores_it():
+    """The context of the contract's passes (Predictor.forward): fp32 means fp32 on a GPU, where TF32 moved P(infected)
+    by 7e-4 against the CPU on an H200 (benchmarks/gpu.py); what was set before comes back."""
+    import torch
+
+    from chestxray.models.predictor import no_tf32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with no_tf32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -17,6 +17,7 @@ from tests.helpers import HEAD, invoke, runner, write_manifest
     (["--optimizer", "adam"], "--optimizer must be one of adamw, sgd"),
     (["--stages", "head,warmup"], "--stages must list head and/or finetune"),
     (["--val-fraction", "1.5"], "--val-fraction must be < 1.0"),
+    (["--workers", "many"], "--workers must be a count (0, 1, ...) or auto; got 'many'"),
 ])
 def test_bad_options_exit_2_at_once_and_make_nothing(tiny_data, tmp_path, flags, expected):
     out = tmp_path / "never"
@@ -30,6 +31,27 @@ def test_bad_options_exit_2_at_once_and_make_nothing(tiny_data, tmp_path, flags,
 def test_gpu_without_one(tiny_data, tmp_path):
     res = invoke("train", "--data", tiny_data, "--out", tmp_path / "r", "--accelerator", "gpu")
     assert res.exit_code == 2 and "--accelerator gpu: no CUDA GPU is visible" in res.output
+
+
+def test_workers_auto_is_none_on_a_cpu_and_the_cpus_per_gpu_process_on_gpus(monkeypatch):
+    import os
+
+    from chestxray.config import Config
+    from chestxray.training.stages import loader_workers
+
+    def workers(**options):
+        cfg = Config()
+        cfg._set(options)
+        return loader_workers(cfg.validate())
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert workers() == 0 and workers(workers=3) == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert workers(devices="1") == 8  # 15 CPUs to spare, at most 8
+    assert workers() == 3 and workers(devices="0,1") == 7  # four processes: 4 CPUs each, one for the process itself
+    assert workers(accelerator="cpu") == 0 and workers(workers="0") == 0
 
 
 def test_config_files(tiny_data, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ChestXrayError
 from ..files import sha256
@@ -12,20 +13,50 @@ from ..models.onnx_model import OnnxPredictor, read_export
 from ..models.predictor import CheckpointError, Predictor, checkpoint_path
 from .export import export_onnx
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger("chestxray")
 
 ENGINES = ("torch", "onnx")
 
 
-def load_on(model: str | Path, engine: str = "torch") -> Predictor:
+def load_on(model: str | Path, engine: str = "torch", device: str = "cpu") -> Predictor:
     """The Predictor of `model`. An exported file runs on onnxruntime; a run directory or checkpoint on PyTorch, or with
-    `engine` 'onnx' on onnxruntime through its verified export kept beside the checkpoint (`onnx_beside`)."""
+    `engine` 'onnx' on onnxruntime through its verified export kept beside the checkpoint (`onnx_beside`).
+
+    `device`: where PyTorch runs the network ('cpu', 'cuda', 'cuda:1', or 'auto': the first GPU where there is one);
+    onnxruntime runs on the CPU."""
     if engine not in ENGINES:
         raise ChestXrayError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
+    target = resolve_device(device)
     path = checkpoint_path(model)
+    if (engine == "onnx" or path.suffix.lower() == ".onnx") and target.type != "cpu":
+        raise ChestXrayError(f"--device {device}: onnxruntime runs on the CPU here; use --engine torch on a GPU")
     if engine == "onnx" and path.suffix.lower() != ".onnx":
         return OnnxPredictor.load(onnx_beside(path))
-    return load_predictor(path)
+    predictor = load_predictor(path)
+    if target.type != "cpu" and predictor.model is not None:
+        predictor.model.to(target)
+    return predictor
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is the first CUDA GPU where there is one, else the CPU; a named GPU must be visible."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError as e:
+        raise ChestXrayError(f"--device: '{device}' is not a device (cpu, cuda, cuda:N or auto)") from e
+    if target.type == "cuda" and (not torch.cuda.is_available()
+                                  or (target.index or 0) >= torch.cuda.device_count()):
+        raise ChestXrayError(f"--device {device}: no such CUDA GPU is visible on this machine (use cpu or auto)")
+    if target.type not in ("cpu", "cuda"):
+        raise ChestXrayError(f"--device {device}: only cpu and cuda are supported for prediction")
+    return target
 
 
 def onnx_beside(ckpt: Path) -> Path:

@@ -122,10 +122,11 @@ class MicroBatcher:
 class Service:
     """The loaded model and what every route needs from it."""
 
-    def __init__(self, model: str | Path, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, engine: str = "torch"):
+    def __init__(self, model: str | Path, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, engine: str = "torch",
+                 device: str = "cpu"):
         from ..evaluation.model_card import model_card
 
-        self.predictor = load_on(model, engine)
+        self.predictor = load_on(model, engine, device)
         self.lock = threading.Lock()  # one model call at a time (Grad-CAM hooks the same network)
         exported = getattr(self.predictor, "export", None) or {}  # an ONNX file: the checkpoint it came from
         source = (exported.get("source_checkpoint") or {}).get("sha256") or sha256(self.predictor.checkpoint)
@@ -260,12 +261,12 @@ class BodyLimit:
 
 def create_app(model: str | Path, max_upload_mb: float = MAX_UPLOAD_MB, max_files: int = MAX_FILES,
                api_key: str | None = None, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
-               engine: str = "torch"):
+               engine: str = "torch", device: str = "cpu"):
     """The FastAPI application serving `model` (a run directory, best.ckpt or exported .onnx; `engine` as in
     `engines.load_on`)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-    service = Service(model, max_batch, max_wait_ms, engine)
+    service = Service(model, max_batch, max_wait_ms, engine, device)
     registry = CollectorRegistry()
     requests = Counter("chestxray_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
     latency = Histogram("chestxray_request_seconds", "Request latency (seconds) by route", ["route"], registry=registry,

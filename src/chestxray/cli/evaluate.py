@@ -12,6 +12,7 @@ from .app import _Command, app
 from .options import (
     BOOTSTRAP_OPT,
     DATA_OPT,
+    DEVICE_OPT,
     ENGINE_OPT,
     LUNG_MODEL_OPT,
     MODEL_ARG,
@@ -37,6 +38,7 @@ def evaluate(
     seed: Optional[int] = typer.Option(None, help="Bootstrap seed.  [default: the run's training seed, as training's own intervals]"),
     audit: bool = typer.Option(False, "--audit", help="Add the shortcut audit (three more passes over the images)."),
     engine: str = ENGINE_OPT,
+    device: str = DEVICE_OPT,
     no_lungs: bool = NO_LUNGS_OPT,
     lung_model: Optional[Path] = LUNG_MODEL_OPT,
     attention: bool = typer.Option(False, "--attention", help="Grad-CAM of every image and the share of it inside the "
@@ -48,7 +50,7 @@ def evaluate(
     from ..evaluation.report import ood_line
     from ..jobs.evaluate import evaluate_run
 
-    metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(run, engine),
+    metrics, outdir = evaluate_run(run, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(run, engine, device),
                                    not no_lungs, lung_model, attention)
     if metrics["split"] == "all":
         typer.echo(f"{data} has no train/val/test splits: evaluated all {metrics['binary']['at_0.5']['n']} labelled images.")

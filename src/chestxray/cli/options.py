@@ -81,6 +81,8 @@ BOOTSTRAP_OPT = field_option(CalibrationConfig, "bootstrap", bounds=True)
 ENGINE_OPT = typer.Option("torch", "--engine", help="Run a run directory's model on torch, or on onnxruntime (onnx: through "
                           "checkpoints/best.onnx, exported and verified against PyTorch on first use; faster on a CPU, "
                           "P(infected) within 1e-4 of PyTorch's). An .onnx MODEL always runs on onnxruntime.")
+DEVICE_OPT = typer.Option("cpu", "--device", help="Where PyTorch runs the network: cpu, cuda, cuda:N, or auto (the first GPU "
+                          "where there is one). The contract is fp32 (TF32 off) on either; onnxruntime runs on the CPU.")
 NO_LUNGS_OPT = typer.Option(False, "--no-lungs", help="Skip the lung check (lungs_found: a plausible pair of lung fields, found by the segmenter).")
 LUNG_MODEL_OPT = typer.Option(None, "--lung-model", help="A segmenter file from `chestxray lungs train`.  [default: the packaged one]")
 # adapt: the threshold rule, declared as training's, defaulting to the run's own

@@ -11,6 +11,7 @@ from ..errors import ChestXrayError
 from . import tables
 from .app import _Command, app
 from .options import (
+    DEVICE_OPT,
     ENGINE_OPT,
     LUNG_MODEL_OPT,
     MODEL_ARG,
@@ -33,6 +34,7 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even where it is not this run's predictions file."),
     skip_bad: bool = SKIP_BAD_OPT,
     engine: str = ENGINE_OPT,
+    device: str = DEVICE_OPT,
     no_lungs: bool = NO_LUNGS_OPT,
     lung_model: Optional[Path] = LUNG_MODEL_OPT,
 ):
@@ -55,7 +57,7 @@ def predict(
         samples = [Sample(p, None) for p in expand_paths(paths)]
     if not samples:
         raise ChestXrayError("nothing to predict")
-    predictor = load_on(run, engine)
+    predictor = load_on(run, engine, device)
     df, errors = prediction_table(predictor, samples, skip_bad, not no_lungs, lung_model)
     if df.empty:
         raise ChestXrayError(f"none of the {len(samples)} image(s) could be read: " + "; ".join(map(str, errors[:3]))
@@ -118,6 +120,7 @@ def serve(
     api_key: Optional[str] = typer.Option(None, envvar="CHESTXRAY_API_KEY", show_envvar=True,
                                           help="Require this key (header X-API-Key) on /predict, /model and /metrics."),
     engine: str = ENGINE_OPT,
+    device: str = DEVICE_OPT,
     overrides: dict = None,
 ):
     """HTTP service: POST /predict, GET /health, /ready, /model, /metrics, and a page at / to try an image."""
@@ -132,4 +135,5 @@ def serve(
     if limits.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logging.getLogger("chestxray").warning("listening on %s without --api-key: anyone who can reach it can use it", limits.host)
     run_server(model, limits.host, limits.port, max_upload_mb=limits.max_upload_mb, max_files=limits.max_files,
-               api_key=api_key, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms, engine=engine)
+               api_key=api_key, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms, engine=engine,
+               device=device)

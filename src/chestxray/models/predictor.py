@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,18 @@ CPU_BATCH, ACCELERATOR_BATCH = 16, 64
 def batch_size(device: "torch.device | str") -> int:
     """The contract's batch size on `device`."""
     return CPU_BATCH if torch.device(device).type == "cpu" else ACCELERATOR_BATCH
+
+
+@contextmanager
+def no_tf32():
+    """fp32 means fp32 on a GPU too: cuDNN's convolutions use TF32 (10-bit mantissa) on Ampere and newer GPUs by
+    default, which moves P(infected) by about 1e-3 against the CPU; the contract's passes turn it off."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class CheckpointError(ChestXrayError):
@@ -102,7 +115,7 @@ class Predictor:
         if desc:
             log.info("%s: %d image(s)", desc, len(ds))
         logits, feats = [], []
-        with tqdm(total=len(ds), desc=desc, unit="img", leave=False, disable=None if desc else True) as bar:
+        with no_tf32(), tqdm(total=len(ds), desc=desc, unit="img", leave=False, disable=None if desc else True) as bar:
             for x, _, _ in make_loader(ds, batch_size(device), train=False):
                 views = [v.contiguous(memory_format=torch.channels_last) for v in prep.model_views(x.to(device))]
                 z, f = contract_outputs(model, views)
