@@ -266,3 +266,39 @@ def test_checkpoints_and_exports_of_the_earlier_format_load(tiny_run, exported, 
     old_onnx = OnnxPredictor.load(tmp_path / "old.onnx")
     assert old_onnx.contract() == now.contract() and old_onnx.export["source_checkpoint"] == info["source_checkpoint"]
     assert old_onnx.card == card and old_onnx.training_data == now.training_data
+
+
+def test_onnxruntime_predicts_without_timm_or_torchvision(tiny_run, exported, tiny_data, tmp_path, monkeypatch):
+    """--engine onnx: the lung check's segmenter runs on onnxruntime too (exported once into the cache and verified
+    against PyTorch), and a prediction imports neither timm nor torchvision (about 2 s of a one-image start-up)."""
+    import os
+    import subprocess
+    import sys
+
+    from chestxray.apps import engines
+    from chestxray.models.lungs import default_lung_model
+
+    monkeypatch.setenv("CHESTXRAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(engines, "_ONNX_LUNGS", {})
+    images = [np.asarray(s) for s in load_predictor(tiny_run).decode(load_samples(tiny_data)["test"][:4]).images]
+    ours = engines.onnx_lungs()
+    assert list((tmp_path / "cache" / "lungs").glob("*.onnx"))  # exported once, into the cache
+    for a, b in zip(ours.probabilities(images), default_lung_model().probabilities(images)):
+        assert np.abs(a - b).max() <= engines.LUNG_TOLERANCE
+
+    image = str(load_samples(tiny_data)["test"][0].path)
+    code = ("import sys\nfrom chestxray.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n    status = e.code\n"
+            "print('IMPORTED', sorted(m for m in ('timm', 'torchvision', 'segmentation_models_pytorch') if m in sys.modules))\n"
+            "sys.exit(status)")
+    tables = {}
+    for engine in ("onnx", "torch"):
+        out = tmp_path / f"{engine}.csv"
+        res = subprocess.run([sys.executable, "-c", code, "predict", str(exported if engine == "onnx" else tiny_run), image,
+                              "--out", str(out)], capture_output=True, text=True,
+                             env={**os.environ, "CHESTXRAY_CACHE": str(tmp_path / "cache")})
+        assert res.returncode == 0, res.stderr
+        tables[engine] = (pd.read_csv(out), res.stdout)
+    assert "IMPORTED []" in tables["onnx"][1], tables["onnx"][1]
+    assert "'timm'" in tables["torch"][1]  # the check above can fail: PyTorch's engine does import them
+    a, b = tables["onnx"][0].iloc[0], tables["torch"][0].iloc[0]
+    assert abs(a.p_infected - b.p_infected) <= 1e-4 and a.lungs_found == b.lungs_found and a.lung_fields == b.lung_fields

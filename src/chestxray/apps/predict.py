@@ -10,7 +10,6 @@ from ..data.io import list_images
 from ..data.sources import Sample
 from ..errors import ChestXrayError
 from ..files import write_text
-from ..models.lungs import default_lung_model
 from ..models.predictor import Predictor
 from ..notices import RESEARCH_NOTE
 
@@ -61,8 +60,10 @@ def prediction_table(predictor: Predictor, samples: list[Sample], skip_bad: bool
     """The table `chestxray predict` writes (one row per readable image: path, p_infected, predicted, threshold,
     per-class probabilities, ood_score, out_of_distribution, image_quality, lungs_found, lung_fields, run) and the read
     errors of skipped files. `lungs`: check for a plausible pair of lung fields with the segmenter (`lung_model`, or
-    the packaged one)."""
-    df, errors = predictor.predict(samples, skip_bad, default_lung_model(lung_model) if lungs else None)
+    the packaged one), on the predictor's runtime (`engines.lung_model_on`)."""
+    from .engines import lung_model_on
+
+    df, errors = predictor.predict(samples, skip_bad, lung_model_on(predictor, lung_model) if lungs else None)
     return df.assign(run=str(predictor.checkpoint)), errors
 
 

@@ -35,10 +35,10 @@ from ..data.cache import decode_resized
 from ..data.io import XrayReadError, sniff
 from ..data.quality import OK, image_quality
 from ..files import sha256
-from ..models.lungs import default_lung_model, fields_found, lungs_found
+from ..models.lungs import fields_found, lungs_found
 from ..notices import RESEARCH_NOTE
 from ..notices import VERSION as __version__
-from .engines import load_on
+from .engines import load_on, lung_model_on
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Service:
         source = (exported.get("source_checkpoint") or {}).get("sha256") or sha256(self.predictor.checkpoint)
         self.model_id = f"{self.predictor.meta.get('model_name')}-{source[:12]}"
         self.card = model_card(self.predictor)
-        self.lungs = default_lung_model()
+        self.lungs = lung_model_on(self.predictor)
         self.batcher = MicroBatcher(self.run_batch, max(1, max_batch), max(0.0, max_wait_ms) / 1000)
 
     @property

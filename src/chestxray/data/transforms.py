@@ -5,13 +5,18 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
+import torch.nn.functional as F
 
 from .cache import cache_size_for
+
+if TYPE_CHECKING:  # torchvision is imported where a transform needs it: its import takes about a second
+    from torchvision.transforms import v2
 
 RESIZE_RULE = (
     "grayscale uint8 (16-bit and DICOM scaled to the full range); bilinear resize to round(img_size * 8 / 7) "
@@ -33,6 +38,8 @@ class Standardise(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "equalize":
+            from torchvision.transforms import v2
+
             return v2.functional.equalize(x)
         if self.method == "clahe":
             import cv2
@@ -51,6 +58,8 @@ class DeviceLook(torch.nn.Module):
     sharpening, noise, JPEG re-compression, and resolution loss, each with its own probability."""
 
     def __init__(self, p: float = 0.3):
+        from torchvision.transforms import v2
+
         super().__init__()
         self.p = p
         self.blur = v2.GaussianBlur(5, sigma=(0.1, 1.5))
@@ -61,6 +70,8 @@ class DeviceLook(torch.nn.Module):
         return bool(torch.rand(()) < self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2
+
         if self._maybe():
             x = v2.functional.adjust_gamma(x, float(torch.empty(()).uniform_(0.7, 1.5)))
         if self._maybe():
@@ -77,6 +88,8 @@ class DeviceLook(torch.nn.Module):
 
 
 def train_transform(img_size: int, intensity: str = "none", augment: str = "basic") -> v2.Compose:
+    from torchvision.transforms import v2
+
     # Geometry (mild, or wide with framing) and exposure changes. No horizontal flip: laterality (heart on the left) is anatomy.
     if augment == "framing":
         # How another site frames the film: half the time the image shrinks inside a black canvas up to 1.4x
@@ -98,9 +111,41 @@ def train_transform(img_size: int, intensity: str = "none", augment: str = "basi
     return v2.Compose(steps)
 
 
-def eval_transform(img_size: int, intensity: str = "none") -> v2.Compose:
+class Resize(torch.nn.Module):
+    """torchvision's `v2.Resize((side, side), antialias=True)` of a uint8 (C, H, W) tensor, without importing
+    torchvision: the same call of `interpolate` (on the uint8 image itself where the CPU has AVX2 or is an Arm, else on
+    floats, rounded), so the same pixels (tests/data/test_transforms.py compares them)."""
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, h, w = x.shape[-3:]
+        if (h, w) == (self.side, self.side) or x.numel() == 0:
+            return x
+        native = x.device.type == "cpu" and (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+                                             or platform.machine() in ("aarch64", "arm64"))
+        shape, dtype = x.shape, x.dtype
+        y = x.reshape(-1, c, h, w)
+        if y.is_contiguous(memory_format=torch.channels_last) and y.shape[0] == 1 and y.numel() != y.stride()[0]:
+            strides = list(y.stride())
+            strides[0] = y.numel()
+            y = y.as_strided((1, c, h, w), strides)  # keeps channels_last, as torchvision does
+        cast = not (dtype in (torch.float32, torch.float64) or (dtype == torch.uint8 and native))
+        if cast:
+            y = y.to(torch.float32)
+        y = F.interpolate(y, size=[self.side, self.side], mode="bilinear", align_corners=False, antialias=True)
+        if cast:
+            if dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+                y = y.round_()
+            y = y.to(dtype)
+        return y.reshape(shape[:-3] + (c, self.side, self.side))
+
+
+def eval_transform(img_size: int, intensity: str = "none") -> torch.nn.Sequential:
     # The whole image, resized: no centre crop, so nothing at the lung edges is cut away.
-    return v2.Compose([Standardise(intensity), v2.Resize((img_size, img_size), antialias=True)])
+    return torch.nn.Sequential(Standardise(intensity), Resize(img_size))
 
 
 def channel_stats(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +225,7 @@ class Preprocessing:
         """Side of the decoded images the input is resized from."""
         return cache_size_for(self.img_size)
 
-    def eval_transform(self) -> v2.Compose:
+    def eval_transform(self) -> torch.nn.Sequential:
         return eval_transform(self.img_size, self.intensity)
 
     def train_transform(self, augment: str = "basic") -> v2.Compose:

@@ -73,17 +73,21 @@ def metadata(predictor: Predictor, source_sha256: str, data_summary: dict | None
             EXPORT_KEY: json.dumps(export_info(predictor, source_sha256, data_summary)), CARD_KEY: card or ""}
 
 
-def read_export(path: str | Path) -> tuple[dict, dict, str | None]:
+def read_export(path: str | Path, session=None) -> tuple[dict, dict, str | None]:
     """(the contract, the export's own information, the model card) stored in an exported file; refuses files that
-    are not chestxray exports. Files of the earlier format are read into the same shape."""
-    import onnx
-
+    are not chestxray exports. Files of the earlier format are read into the same shape. `session`: an onnxruntime
+    session of the file, whose metadata is read instead (no import of the onnx package, about half a second)."""
     path = Path(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises several types on garbage
-        raise CheckpointError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from e
-    props = {p.key: p.value for p in model.metadata_props}
+    if session is not None:
+        props = dict(session.get_modelmeta().custom_metadata_map)
+    else:
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf raises several types on garbage
+            raise CheckpointError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from e
+        props = {p.key: p.value for p in model.metadata_props}
     fmt = props.get(FORMAT_KEY)
     if fmt not in (ONNX_FORMAT, LEGACY_FORMAT) or CONTRACT_KEY not in props:
         raise CheckpointError(f"{path}: an ONNX file without a chestxray contract (write it with `chestxray export`)")
@@ -123,13 +127,14 @@ class OnnxPredictor(Predictor):
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such ONNX file")
-        contract, info, card = read_export(path)
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 3  # a lung model's inputs have defaults, which onnxruntime warns of at load
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:
+            read_export(path)  # a file that is not ONNX at all is named as such
             raise CheckpointError(f"{path}: onnxruntime cannot load it ({e})") from e
+        contract, info, card = read_export(path, session)
         segmenter = None
         if Preprocessing.from_dict(contract["preprocessing"]).lung_input:
             lungs = info.get("lung_segmenter")
@@ -175,6 +180,7 @@ class OnnxLungModel(LungModel):
     is LungModel's own code."""
 
     session: object = None
+    names: tuple[str, str] = (LUNG_INPUT, LUNG_OUTPUT)  # the graph's input and output
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run([LUNG_OUTPUT], {LUNG_INPUT: x.numpy()})[0]).float()
+        return torch.from_numpy(self.session.run([self.names[1]], {self.names[0]: x.numpy()})[0]).float()

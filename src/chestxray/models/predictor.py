@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -30,7 +29,6 @@ from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
 from ..files import load_checked, save_checked
 from ..rundir import RunDir
-from .backbones import head_prefixes
 from .folding import folded_copy
 from .lungs import LungModel, LungModelError, fields_found, lung_inputs
 from .ood import FeatureDensity
@@ -145,6 +143,8 @@ class Predictor:
     def head_on_features(self) -> bool:
         """Whether logits follow from the pooled features alone (`logits_from_features`): the head is the classifier
         alone (not VGG's fully connected pre-logits) and one view is scored (no test-time augmentation)."""
+        from .backbones import head_prefixes  # with timm, which a prediction on onnxruntime never imports
+
         return (self.model is not None and self.preprocessing.tta == "none"
                 and "pre_logits" not in head_prefixes(self.model))
 
@@ -336,6 +336,8 @@ class Predictor:
         contract = ckpt.get("contract") or legacy_contract(ckpt)
         scheme = TaskScheme.from_dict(contract["scheme"])
         timm_name = contract["meta"]["timm_name"]
+        import timm
+
         model = timm.create_model(timm_name, pretrained=False, num_classes=scheme.num_outputs)
         try:
             model.load_state_dict(ckpt["state_dict"])
