@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from chestxray.cli import app
 from chestxray.evaluation.intervals import bootstrap_ci
 from chestxray.evaluation.metrics import binary_metrics, expected_calibration_error
-from chestxray.models.calibration import fit_temperature, operating_points, sensitivity_threshold
+from chestxray.models.calibration import fit_temperature, into_gap, operating_points, sensitivity_threshold
 from tests.helpers import invoke, manifest_rows, write_manifest
 
 
@@ -48,7 +48,10 @@ def test_operating_points():
     p = np.clip(0.3 * y + rng.normal(0.35, 0.15, 300), 0, 1)
     pts = operating_points(y, p, 0.95)
     assert binary_metrics(y, p, pts["sensitivity_0.95"])["sensitivity"] >= 0.95
-    assert binary_metrics(y, p, pts["sensitivity_0.95"] + 1e-6)["sensitivity"] < 0.95  # the highest such threshold
+    kept = p[p >= pts["sensitivity_0.95"]].min()  # the lowest score still called infected
+    assert binary_metrics(y, p, kept + 1e-9)["sensitivity"] < 0.95  # the highest such threshold's gap
+    for t in pts.values():  # every point in a gap between scores, where rounding cannot move a decision
+        assert not np.any(np.abs(p - t) < 1e-9)
     j = lambda t: binary_metrics(y, p, t)["sensitivity"] + binary_metrics(y, p, t)["specificity"]  # noqa: E731
     assert all(j(pts["youden"]) >= j(t) - 1e-9 for t in np.linspace(0.05, 0.95, 19))
     f1 = lambda t: binary_metrics(y, p, t)["f1_infected"]  # noqa: E731
@@ -76,7 +79,7 @@ def test_sensitivity_with_confidence_holds_on_new_images():
     p = rng.random(len(y))
     assert sensitivity_threshold(y, p, target, c) <= sensitivity_threshold(y, p, target)
     points = operating_points(y, p, target, c)
-    assert points["sensitivity_0.9_conf_0.9"] == sensitivity_threshold(y, p, target, c)
+    assert points["sensitivity_0.9_conf_0.9"] == into_gap(sensitivity_threshold(y, p, target, c), p)
 
 
 def test_temperature_scaling_fixes_overconfidence():
@@ -187,3 +190,11 @@ def test_calibrate_when_finetuning_gives_the_final_model(tiny_data, tmp_path, st
         assert m["final_stage"] == "finetune"
     assert "ece_uncalibrated" in m["calibration"] and (out / "report.html").exists()
     assert torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["contract"]["temperature"] == m["calibration"]["temperature"]
+
+
+def test_into_gap_keeps_every_decision_and_leaves_no_image_on_the_threshold():
+    p = np.array([0.1, 0.3, 0.3, 0.6, 0.9])
+    assert into_gap(0.6, p) == pytest.approx(0.45) and into_gap(0.1, p) == pytest.approx(0.05)
+    assert into_gap(0.5, p) == 0.5  # not at a score: unchanged
+    for t in p:
+        assert np.array_equal(p >= into_gap(t, p), p >= t)

@@ -65,12 +65,26 @@ def sensitivity_point_name(target: float, confidence: float = 0.0) -> str:
     return f"sensitivity_{target:g}" + (f"_conf_{confidence:g}" if confidence > 0 else "")
 
 
+def into_gap(t: float, p: np.ndarray) -> float:
+    """A threshold chosen at one of the scores `p`, moved to the middle of the gap below that score (to t / 2 below
+    the lowest): each of these images is decided as at `t` (p >= the result exactly where p >= t), and none lies on
+    the threshold itself, where another runtime's or device's last bits (about 1e-6) would decide it either way."""
+    p = np.asarray(p, dtype=float)
+    if not np.any(p == t):
+        return t
+    below = p[p < t]
+    return float((t + below.max()) / 2 if below.size else t / 2)
+
+
 def operating_points(y: np.ndarray, p: np.ndarray, target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, confidence: float = 0.0) -> dict[str, float]:
-    """Thresholds chosen on validation: best F1, Youden's J, and a target sensitivity (see sensitivity_threshold)."""
+    """Thresholds chosen on validation: best F1, Youden's J, and a target sensitivity (see sensitivity_threshold),
+    each in the gap below the score it was chosen at (`into_gap`): the same decisions on these images, none on the
+    threshold."""
     return {
-        "best_f1": best_f1_threshold(y, p),
-        "youden": youden_threshold(y, p),
-        sensitivity_point_name(target_sensitivity, confidence): sensitivity_threshold(y, p, target_sensitivity, confidence),
+        "best_f1": into_gap(best_f1_threshold(y, p), p),
+        "youden": into_gap(youden_threshold(y, p), p),
+        sensitivity_point_name(target_sensitivity, confidence): into_gap(
+            sensitivity_threshold(y, p, target_sensitivity, confidence), p),
     }
 
 
