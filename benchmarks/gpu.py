@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1600, help="synthetic images in all (train/val/test 60/20/20)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--finetune-matrix", action="store_true",
-                    help="only the fine-tune stage's speed: --workers 0 and 8, bf16-mixed and 32-true (no audit, no lung check)")
+                    help="only the fine-tune stage's speed: each of --workers-list, bf16-mixed and 32-true (no audit, no lung check)")
+    ap.add_argument("--workers-list", default="0,8", help="with --finetune-matrix: the --workers values, comma-separated")
     args = ap.parse_args()
     t0 = time.perf_counter()
     gpu = torch.cuda.is_available()
@@ -86,7 +87,7 @@ def main() -> None:
         base = dict(img_size=224, stages="head,finetune", epochs_head=1, epochs_finetune=3, seed=0, accelerator=accel,
                     devices="1", progress=False, audit=False, lung_check=False)
         step("warm-up", lambda: train_figures(data, args.out / "warm", precision="32-true", **{**base, "epochs_finetune": 1}))
-        for workers in (0, 8):
+        for workers in args.workers_list.split(","):
             for prec in ("32-true", "bf16-mixed"):
                 step(f"finetune {prec} workers {workers}", lambda prec=prec, workers=workers: finetune_speed(
                     train_figures(data, args.out / f"ft-{prec}-{workers}", precision=prec, workers=workers, **base),

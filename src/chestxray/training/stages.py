@@ -337,7 +337,10 @@ def stage_inputs(run: Run, stage: str) -> tuple[ClassifierModule, StageData]:
     augment = stage == "finetune" or cfg.augment.head_augment
     train_ds = make_dataset(run.decoded["train"], run.scheme, prep, train=augment, augment=cfg.augment.augment)
     val_ds = make_dataset(run.decoded["val"], run.scheme, prep, train=False)
-    return module, StageData(train_ds, val_ds, bs, loader_workers(cfg), cfg.optim.seed)
+    workers = loader_workers(cfg)
+    if workers and cfg.data.workers == "auto":
+        log.info("%s stage: %d DataLoader worker(s) augment the training batches (--workers auto on a GPU)", stage, workers)
+    return module, StageData(train_ds, val_ds, bs, workers, cfg.optim.seed)
 
 
 def on_gpu(cfg) -> bool:
