@@ -4,6 +4,7 @@ with the ignore region left out, the epoch with the best validation Dice kept.""
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -110,6 +111,7 @@ def fit_lungs(train: list[LungSample], val: list[LungSample], out: Path, epochs:
               size: int = LUNG_SIZE) -> tuple[torch.nn.Module, dict]:
     """Train a U-Net on `train`, keep the epoch with the best validation Dice; (the network, its history)."""
     L.seed_everything(seed, workers=True, verbose=False)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device banners and tips, as training's
     net = build_unet(pretrained)
     data = {k: decode_pairs(v, size) for k, v in (("train", train), ("val", val))}
     loaders = {k: DataLoader(PairDataset(*data[k], augment=k == "train", seed=seed), batch_size=batch_size,
