@@ -282,7 +282,15 @@ def test_onnxruntime_predicts_without_timm_or_torchvision(tiny_run, exported, ti
     monkeypatch.setattr(engines, "_ONNX_LUNGS", {})
     images = [np.asarray(s) for s in load_predictor(tiny_run).decode(load_samples(tiny_data)["test"][:4]).images]
     ours = engines.onnx_lungs()
-    assert list((tmp_path / "cache" / "lungs").glob("*.onnx"))  # exported once, into the cache
+    cached = list((tmp_path / "cache" / "lungs").glob("*.onnx"))
+    assert len(cached) == 1  # exported once, into the cache
+    made = cached[0].stat().st_mtime_ns
+    monkeypatch.setattr(engines, "_ONNX_LUNGS", {})
+    assert engines.onnx_lungs().img_size == ours.img_size and cached[0].stat().st_mtime_ns == made  # reused
+    cached[0].write_bytes(b"damaged")  # a damaged cache file is made again
+    monkeypatch.setattr(engines, "_ONNX_LUNGS", {})
+    ours = engines.onnx_lungs()
+    assert cached[0].stat().st_size > 1000
     for a, b in zip(ours.probabilities(images), default_lung_model().probabilities(images)):
         assert np.abs(a - b).max() <= engines.LUNG_TOLERANCE
 

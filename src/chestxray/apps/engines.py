@@ -108,12 +108,17 @@ def onnx_lungs(path: str | Path | None = None) -> OnnxLungModel:
         if src == PACKAGED and digest != json.loads(src.with_suffix(".json").read_text())["sha256"]:
             LungModel.load(src)  # raises: the packaged file is not the one recorded
         out = default_cache_dir() / "lungs" / f"{digest}.onnx"
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
         with file_lock(out.with_suffix(".lock")):
             if not out.exists():
                 export_lungs(default_lung_model(path), out)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+            try:
+                session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+            except Exception as e:  # a damaged cache file: made again, once
+                log.warning("%s: onnxruntime cannot load it (%s); exporting the segmenter again", out, e)
+                export_lungs(default_lung_model(path), out)
+                session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
         side = int(session.get_inputs()[0].shape[-1])
         _ONNX_LUNGS[digest] = OnnxLungModel(net=None, img_size=side, path=src.resolve(), session=session,
                                             names=(session.get_inputs()[0].name, session.get_outputs()[0].name))
