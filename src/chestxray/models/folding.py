@@ -10,7 +10,8 @@ network, so they all see the same numbers.
 The copy also drops the padded copy of the input that TensorFlow's "same" padding makes (timm's Conv2dSame, in the
 tf_* EfficientNets): see `SameConv`. That is about 1.2x faster again, with the same outputs.
 
-Pairs are found by running the network once on a small input and recording which convolution's output each
+Pairs are found by running the network once on a small input (`probe_input`: at most 64 px a side, since neither
+the pairs nor the folded weights depend on the size, and the passes cost what the network costs at that size) and recording which convolution's output each
 batch-norm layer receives, so no architecture is described by hand; a folded copy whose output differs from the
 original's by more than rounding is refused and the original used.
 """
@@ -26,6 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger("chestxray")
+
+
+PROBE_SIDE = 64
+
+
+def probe_input(side: int, device=None) -> torch.Tensor:
+    """The zero batch `folded_copy` traces and checks a network on: one 3-channel image of the network's own side, or
+    PROBE_SIDE where that is smaller (a multiple of 32, which a U-Net's decoder needs)."""
+    side = min(int(side), PROBE_SIDE)
+    return torch.zeros(1, 3, side, side, device=device)
 
 
 def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:

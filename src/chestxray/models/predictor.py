@@ -29,7 +29,7 @@ from ..data.transforms import Preprocessing
 from ..errors import ChestXrayError
 from ..files import load_checked, save_checked
 from ..rundir import RunDir
-from .folding import folded_copy
+from .folding import folded_copy, probe_input
 from .lungs import LungModel, LungModelError, fields_found, lung_inputs
 from .ood import FeatureDensity
 
@@ -132,9 +132,7 @@ class Predictor:
         device = next(model.parameters()).device
         state = [(id(t), t._version, t.device) for t in (*model.parameters(), *model.buffers())]
         if self._inference is None or self._inference[0] != state:
-            side = self.preprocessing.img_size
-            example = torch.zeros(1, 3, side, side, device=device)
-            folded = folded_copy(model, example).to(memory_format=torch.channels_last)
+            folded = folded_copy(model, probe_input(self.preprocessing.img_size, device)).to(memory_format=torch.channels_last)
             for p in folded.parameters():
                 p.requires_grad_(False)
             self._inference = (state, folded)
