@@ -111,13 +111,14 @@ def export(model: str | Path, out: str | Path, *, images: list[str | Path] | Non
 
 
 def crossval(data: str | Path, out: str | Path, *, by: str = "source", folds: int = 5, config: str | Path | None = None,
-             progress: bool = False, **options) -> dict:
+             progress: bool = False, parallel: str | int = "auto", **options) -> dict:
     """Leave-one-source-out (`by="source"`) or patient-level k-fold (`by="fold"`) estimates of a recipe (`options`:
-    any `chestxray train` option by its field name), as `chestxray crossval`; returns crossval.json's content."""
+    any `chestxray train` option by its field name), as `chestxray crossval` (`parallel`: its --parallel); returns
+    crossval.json's content."""
     from .jobs.crossval import crossval as run
 
     cfg, out = run_config(Path(out), None, Path(config) if config else None, {"data": str(data), **options})
-    return run(cfg, out, by, folds, progress=progress, n_boot=cfg.calibration.bootstrap)
+    return run(cfg, out, by, folds, progress=progress, n_boot=cfg.calibration.bootstrap, parallel=parallel)
 
 
 def import_dataset(fmt: str, root: str | Path, out: str | Path | None = None, mapping: dict[str, str] | None = None

@@ -62,3 +62,71 @@ def test_leave_one_source_out_scores_each_held_out_site_and_resumes(three_sites,
     assert res.exit_code == 0, res.output
     assert (out / "site-a" / "run" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
     assert json.loads((out / "crossval.json").read_text())["folds"] == r["folds"]
+
+
+def test_fold_slots_give_each_process_one_gpu_or_a_share_of_the_cores(monkeypatch):
+    import torch
+
+    from chestxray.jobs.crossval import fold_slots
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert fold_slots("auto") == [] and fold_slots(1) == []  # one after another, in this process
+    two = fold_slots("2", cpus=8)
+    assert two == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
+    assert fold_slots(3, cpus=2)[0]["OMP_NUM_THREADS"] == "1"
+    for bad in ("0", "two", -1):
+        with pytest.raises(DataError, match="--parallel must be auto or a count"):
+            fold_slots(bad)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")  # the parent's own view of the GPUs is kept
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in fold_slots("auto")] == ["4", "5", "6"]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in fold_slots(4)] == ["4", "5", "6", "4"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert fold_slots("auto") == [] and [s["CUDA_VISIBLE_DEVICES"] for s in fold_slots(2)] == ["0", "0"]
+
+
+def test_tasks_run_at_once_in_their_slots_and_every_failure_is_named(tmp_path):
+    import sys
+
+    from chestxray.errors import ChestXrayError
+    from chestxray.jobs.crossval import run_in_slots
+
+    def task(name, code):  # writes its slot's variable, then waits for its sibling's file (so both must run at once)
+        other = "b" if name == "a" else "a"
+        script = (f"import os, pathlib, sys, time; d = pathlib.Path(r'{tmp_path}'); "
+                  f"(d / '{name}.slot').write_text(os.environ['SLOT']); "
+                  f"t = time.time()\nwhile not (d / '{other}.slot').exists() and time.time() - t < 20: time.sleep(0.05)\n"
+                  f"print('last words of {name}'); sys.exit({code})")
+        return name, [sys.executable, "-c", script], tmp_path / name / "log.txt"
+
+    run_in_slots([task("a", 0), task("b", 0)], [{"SLOT": "1"}, {"SLOT": "2"}])
+    assert sorted((tmp_path / f"{n}.slot").read_text() for n in "ab") == ["1", "2"]
+    assert (tmp_path / "a" / "log.txt").read_text().strip() == "last words of a"
+    for n in "ab":
+        (tmp_path / f"{n}.slot").unlink()
+    with pytest.raises(ChestXrayError) as e:
+        run_in_slots([task("a", 3), task("b", 0)], [{"SLOT": "1"}, {"SLOT": "2"}])
+    assert "a (exit 3;" in str(e.value) and "last words of a" in str(e.value) and "b (exit" not in str(e.value)
+    assert (tmp_path / "b.slot").exists()  # the other task ran to its end
+
+
+@pytest.mark.slow
+def test_k_fold_in_two_processes_at_once(three_sites, tmp_path):
+    out = tmp_path / "cv"
+    res = invoke("crossval", "--data", three_sites, "--out", out, "--by", "fold", "--folds", "2", "--parallel", "2",
+                 *FLAGS)
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "crossval.json").read_text())
+    assert [f["held_out"] for f in r["folds"]] == ["fold-1", "fold-2"] and r["n_scored"] == 2
+    for name in ("fold-1", "fold-2"):
+        assert "training" in (out / name / "log.txt").read_text()  # its messages in its own log
+        cfg = (out / name / "run" / "config.yaml").read_text()
+        assert str(out / name / "train.csv") in cfg  # trained on its own fold's manifest
+    assert sum(f["n"] for f in r["folds"]) == sum(len(v) for v in discover(three_sites).splits.values())
+    before = (out / "fold-1" / "run" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    res = invoke("crossval", "--data", three_sites, "--out", out, "--by", "fold", "--folds", "2", "--parallel", "2",
+                 *FLAGS)
+    assert res.exit_code == 0, res.output
+    assert (out / "fold-1" / "run" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before  # nothing trained again
+    assert json.loads((out / "crossval.json").read_text())["folds"] == r["folds"]

@@ -48,6 +48,9 @@ def crossval(
     by: str = typer.Option("source", help="source: leave one source out (each held out once, trained on the others); "
                            "fold: patient-level k-fold."),
     folds: int = typer.Option(5, "--folds", min=2, help="k for --by fold."),
+    parallel: str = typer.Option("auto", help="Folds trained at once, each in a process of its own: auto (one per "
+                                 "GPU where there are two or more, else one after another here) or a count N (each "
+                                 "sees one GPU, or 1/N of the CPU cores; its messages in OUT/FOLD/log.txt)."),
     config: Optional[Path] = typer.Option(None, help="YAML file of recipe options, as for train."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     overrides: dict = None,
@@ -59,7 +62,7 @@ def crossval(
     from ..jobs.train import run_config
 
     cfg, out = run_config(out, None, config, overrides)
-    r = run_crossval(cfg, out, by, folds, progress=not quiet, n_boot=cfg.calibration.bootstrap)
+    r = run_crossval(cfg, out, by, folds, progress=not quiet, n_boot=cfg.calibration.bootstrap, parallel=parallel)
     typer.echo(tables.crossval(r))
     typer.echo(f"written: {out / 'crossval.json'}, {out / 'crossval.csv'}")
 

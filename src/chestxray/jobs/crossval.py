@@ -10,13 +10,19 @@ ROC-AUC over the sources scored whole is the leave-one-site-out estimate.
 trained on the others (validation carved from them).
 
 Each fold is a run directory under OUT; an interrupted crossval resumes fold by fold (finished folds are kept,
-an interrupted training goes on from its last epoch). Folds run one after another, each on the configured devices.
+an interrupted training goes on from its last epoch). By default folds run one after another in this process, each
+on the configured devices; where several GPUs are visible (or with `parallel=N`), N folds run at once, each in a
+process of its own that sees one GPU (or, without GPUs, 1/N of the CPU cores), its messages in FOLD/log.txt.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,7 @@ import numpy as np
 from ..config import Config
 from ..data.importers import COLUMNS
 from ..data.sources import DataError, Sample, discover
+from ..errors import ChestXrayError
 from ..files import write_csv
 from ..rundir import RunDir, write_json
 from ..training.runstate import read_progress
@@ -80,39 +87,124 @@ def _folder_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
-def crossval(cfg: Config, out: Path, by: str = "source", k: int = 5, progress: bool = True, n_boot: int = 1000) -> dict:
+def fold_slots(parallel: str | int, cpus: int | None = None) -> list[dict[str, str]]:
+    """The environment of each process that trains folds at once, or [] to train them one after another here.
+
+    `parallel`: "auto" (one process per visible GPU where there are two or more; otherwise none) or a count N: N
+    processes, each seeing one GPU (round robin over the visible ones) or, without GPUs, cpus // N CPU threads."""
+    import torch
+
+    if str(parallel) != "auto":
+        try:
+            n = int(parallel)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise DataError(f"--parallel must be auto or a count of at least 1, got '{parallel}'")
+    gpus = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [i.strip() for i in visible.split(",") if i.strip()] if visible else [str(i) for i in range(gpus)]
+    ids = ids[:gpus]
+    if str(parallel) == "auto":
+        n = len(ids) if len(ids) > 1 else 1
+    if n == 1:
+        return []
+    if ids:
+        return [{"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]} for i in range(n)]
+    threads = str(max(1, (cpus or os.cpu_count() or 1) // n))
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}] * n
+
+
+def run_in_slots(tasks: list[tuple[str, list[str], Path]], slots: list[dict[str, str]]) -> None:
+    """Run each task (name, command, log file) in a process of its own, as many at once as there are `slots` (each
+    task gets a free slot's environment added to this one's); every task runs even where another fails, then a
+    failure is raised naming each failed task and its log's last lines."""
+    pending = list(tasks)
+    lock = threading.Lock()
+    failed: list[str] = []
+
+    def worker(env: dict[str, str]) -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                name, cmd, log_file = pending.pop(0)
+            where = ", ".join(f"{k}={v}" for k, v in env.items() if k == "CUDA_VISIBLE_DEVICES" and v) or "CPU"
+            log.info("crossval %s: started on %s (log: %s)", name, where, log_file)
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "w") as fh:
+                code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env}).returncode
+            if code:
+                tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+                with lock:
+                    failed.append(f"{name} (exit {code}; {log_file}): " + " | ".join(tail))
+            log.info("crossval %s: %s", name, "failed" if code else "done")
+
+    threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in slots]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise ChestXrayError("crossval: fold(s) failed: " + "; ".join(failed))
+
+
+def _fold_done(folder: Path, by: str) -> bool:
+    run_dir = folder / "run"
+    trained = RunDir(run_dir).config.exists() and read_progress(run_dir).finished
+    return trained and (by != "source" or (folder / "held-out-eval" / "metrics.json").exists())
+
+
+def run_fold(cfg: Config, folder: Path, by: str, n_boot: int, progress: bool, name: str = "") -> None:
+    """Train one fold's run in FOLDER/run (resuming one begun) and, leaving a source out, evaluate it on
+    FOLDER/held-out.csv into FOLDER/held-out-eval; what is already finished is kept."""
+    run_dir = folder / "run"
+    files = RunDir(run_dir)
+    if not (files.config.exists() and read_progress(run_dir).finished):
+        fold_cfg = Config.from_dict(cfg.to_dict())
+        fold_cfg.data.data = str(folder / "train.csv")
+        resume = files.config.exists()
+        log.info("crossval %s: %s", name or folder.name, "resuming" if resume else "training")
+        train_run(fold_cfg, run_dir, progress=progress, resume=resume, overwrite=False)
+    if by == "source" and not (folder / "held-out-eval" / "metrics.json").exists():
+        evaluate_run(run_dir, folder / "held-out.csv", "test", folder / "held-out-eval", n_boot=n_boot, overwrite=True)
+
+
+def crossval(cfg: Config, out: Path, by: str = "source", k: int = 5, progress: bool = True, n_boot: int = 1000,
+             parallel: str | int = "auto") -> dict:
     """Train and score every fold (resuming where a fold's run or evaluation exists); write OUT/crossval.json and
-    OUT/crossval.csv; return the summary."""
+    OUT/crossval.csv; return the summary. `parallel`: see `fold_slots`."""
     out = Path(out)
     cfg.validate()
     if not cfg.data.data:
         raise DataError("no data: give --data (a manifest with a 'source' column for --by source)")
     normal = cfg.data.normal_class.lower()
     folds = plan_folds(cfg.data.data, by, k, cfg.optim.seed, normal)
+    slots = fold_slots(parallel)
+    if slots and str(cfg.hardware.devices) not in ("auto", "1"):
+        raise DataError(f"--parallel trains each fold on one device; --devices {cfg.hardware.devices} asks for more: "
+                        "leave --devices auto, or give --parallel 1 to train each fold on those devices in turn")
+    tasks = []
+    for f in folds:
+        folder = out / _folder_name(f["name"])
+        _write(folder / "train.csv", f["train"])
+        if by == "source":
+            _write(folder / "held-out.csv", f["held_out"])
+        if _fold_done(folder, by):
+            continue
+        log.info("crossval %s: %d training images", f["name"], len(f["train"]))
+        if not slots:
+            run_fold(cfg, folder, by, n_boot, progress, f["name"])
+            continue
+        write_json(folder / "fold.json", {"config": cfg.to_dict(), "by": by, "n_boot": n_boot, "name": f["name"]})
+        tasks.append((f["name"], [sys.executable, "-m", "chestxray.jobs.crossval", str(folder)], folder / "log.txt"))
+    if tasks:
+        run_in_slots(tasks, slots)
     rows = []
     for f in folds:
         folder = out / _folder_name(f["name"])
-        run_dir = folder / "run"
-        manifest = _write(folder / "train.csv", f["train"])
-        files = RunDir(run_dir)
-        finished = files.config.exists() and read_progress(run_dir).finished
-        if not finished:
-            fold_cfg = Config.from_dict(cfg.to_dict())
-            fold_cfg.data.data = str(manifest)
-            resume = files.config.exists()
-            log.info("crossval %s: %s (%d training images)", f["name"], "resuming" if resume else "training",
-                     len(f["train"]))
-            train_run(fold_cfg, run_dir, progress=progress, resume=resume, overwrite=False)
-        own = json.loads(files.metrics.read_text())
-        if by == "source":
-            held = _write(folder / "held-out.csv", f["held_out"])
-            ext_dir = folder / "held-out-eval"
-            if (ext_dir / "metrics.json").exists():
-                ext = json.loads((ext_dir / "metrics.json").read_text())
-            else:
-                ext, _ = evaluate_run(run_dir, held, "test", ext_dir, n_boot=n_boot, overwrite=True)
-        else:
-            ext = own
+        own = json.loads(RunDir(folder / "run").metrics.read_text())
+        ext = json.loads((folder / "held-out-eval" / "metrics.json").read_text()) if by == "source" else own
         rows.append(_row(f, ext, own if by == "source" else None))
     scored = [r["roc_auc"] for r in rows if r["roc_auc"] is not None]
     summary = {"by": by, "k": k if by == "fold" else None, "data": cfg.data.data, "folds": rows,
@@ -137,3 +229,22 @@ def _row(f: dict, m: dict, own: dict | None) -> dict:
         row["in_distribution_roc_auc"] = o["roc_auc"]
         row["in_distribution_roc_auc_ci95"] = (o.get("ci95") or {}).get("roc_auc")
     return row
+
+
+def _fold_process(folder: Path) -> None:
+    """One fold in a process of its own (`run_in_slots`): FOLDER/fold.json says what; messages go to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    spec = json.loads((folder / "fold.json").read_text())
+    try:
+        run_fold(Config.from_dict(spec["config"]), folder, spec["by"], spec["n_boot"], False, spec["name"])
+    except ChestXrayError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    _fold_process(Path(sys.argv[1]))
