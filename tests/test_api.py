@@ -80,3 +80,32 @@ def test_export_writes_the_contract_of_the_run(tiny_run, tmp_path):
     onnx_model = chestxray.load(tmp_path / "m.onnx")
     assert read_contract(tmp_path / "m.onnx") == chestxray.load(tiny_run).contract() == onnx_model.contract()
     assert onnx_model.threshold == chestxray.load(tiny_run).threshold and onnx_model.predictor.model is None
+
+
+def test_audit_gives_the_cli_figures(tiny_run, tiny_data, tmp_path):
+    res = CliRunner().invoke(app, ["audit", str(tiny_run), "--data", str(tiny_data), "--split", "test", "--masks",
+                                   "ellipse", "--bootstrap", "20", "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    result, folder = chestxray.audit(tiny_run, tiny_data, split="test", masks="ellipse", bootstrap=20, out=tmp_path / "api")
+    assert folder == tmp_path / "api" and result["mask_source"] == "ellipse"
+    cli = json.loads((tmp_path / "cli" / "audit.json").read_text())
+    assert json.loads((folder / "audit.json").read_text()) == cli
+    with pytest.raises(chestxray.errors.ChestXrayError, match="masks must be one of"):
+        chestxray.audit(tiny_run, tiny_data, masks="circle")
+
+
+@pytest.mark.slow
+def test_the_lung_segmenter_trains_and_evaluates_from_python(tmp_path):
+    from tests.models.test_lungs import lung_phantoms
+
+    root = lung_phantoms(tmp_path / "lm", n=8)
+    r = chestxray.train_lungs(root, tmp_path / "seg", sources=["phantom"], epochs=1, batch_size=4)
+    assert (tmp_path / "seg" / "lungs.pt").exists()
+    assert json.loads((tmp_path / "seg" / "metrics.json").read_text())["figures"] == json.loads(json.dumps(r["figures"]))
+    again = chestxray.evaluate_lungs(root, lung_model=tmp_path / "seg" / "lungs.pt", split="test", bootstrap=50,
+                                     out=tmp_path / "e.json")
+    res = CliRunner().invoke(app, ["lungs", "evaluate", "--data", str(root), "--lung-model", str(tmp_path / "seg" / "lungs.pt"),
+                                   "--bootstrap", "50", "--out", str(tmp_path / "cli.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cli.json").read_text()) == json.loads((tmp_path / "e.json").read_text())
+    assert again["sources"]["phantom"]["dice"] == pytest.approx(r["figures"]["test"]["sources"]["phantom"]["dice"], abs=1e-3)

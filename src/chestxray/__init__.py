@@ -1,14 +1,15 @@
 """chestxray: Infected-vs-Normal chest X-ray classification by two-stage transfer learning.
 
-A research tool, not a diagnostic device. The public API (`load`, `train`, `evaluate`, `export`, `Model`) lives in
+A research tool, not a diagnostic device. The public API (`load`, `train`, `evaluate`, `export`, `Model`, ...) lives in
 `chestxray.api` and is imported on first use, so that `import chestxray` stays cheap.
 """
 
 from .notices import RESEARCH_NOTE, SYNTHETIC_NOTE
 from .notices import VERSION as __version__
 
-__all__ = ["Model", "load", "train", "evaluate", "export", "segment_lungs", "import_dataset", "crossval", "RESEARCH_NOTE", "SYNTHETIC_NOTE", "__version__"]
-_API = {"Model", "load", "train", "evaluate", "export", "segment_lungs", "import_dataset", "crossval"}
+_API = {"Model", "load", "train", "evaluate", "export", "audit", "check_data", "import_dataset", "merge_datasets", "crossval",
+        "segment_lungs", "train_lungs", "evaluate_lungs"}
+__all__ = [*sorted(_API), "RESEARCH_NOTE", "SYNTHETIC_NOTE", "__version__"]
 
 
 def __getattr__(name: str):

@@ -96,11 +96,26 @@ def train(data: str | Path | None = None, out: str | Path | None = None, *, conf
 def evaluate(model: str | Path, data: str | Path, *, split: str | None = None, out: str | Path | None = None,
              bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int | None = None, audit: bool = False, name: str | None = None,
              overwrite: bool = False, skip_bad: bool = False, engine: str = "torch", lungs: bool = True,
-             attention: bool = False, device: str = "cpu") -> tuple[dict, Path]:
+             attention: bool = False, device: str = "cpu", lung_model: str | Path | None = None) -> tuple[dict, Path]:
     """Evaluate a run (or an exported file) on `split` of `data` as `chestxray evaluate` does: (the metrics, the folder
-    they were written to)."""
+    they were written to). `attention`: Grad-CAM's share inside each image's lung fields (metrics['attention']);
+    `lungs` False: without the lung check; `lung_model`: a segmenter file instead of the packaged one."""
     return evaluate_run(model, data, split, out, skip_bad, bootstrap, seed, audit, name, overwrite, load_on(model, engine, device),
-                        lungs, None, attention)
+                        lungs, lung_model, attention)
+
+
+def audit(model: str | Path, data: str | Path, *, split: str | None = None, out: str | Path | None = None,
+          bootstrap: int = BOOTSTRAP_RESAMPLES, skip_bad: bool = False, masks: str = "lungs",
+          lung_model: str | Path | None = None) -> tuple[dict, Path]:
+    """The shortcut audit as `chestxray audit`: ROC-AUC with the lung fields hidden, with only them kept and with the
+    borders hidden (`masks`: each image's own lungs, 'lungs', or fixed ellipses, 'ellipse'); (the figures, the folder of
+    its audit.json)."""
+    from .evaluation.audit import MASK_SOURCES
+    from .jobs.audit import audit_run
+
+    if masks not in MASK_SOURCES:
+        raise ChestXrayError(f"masks must be one of {', '.join(MASK_SOURCES)}; got '{masks}'")
+    return audit_run(model, data, split, out, bootstrap, skip_bad, masks, lung_model)
 
 
 def export(model: str | Path, out: str | Path, *, images: list[str | Path] | None = None, tolerance: float = TOLERANCE,
@@ -121,6 +136,31 @@ def crossval(data: str | Path, out: str | Path, *, by: str = "source", folds: in
     return run(cfg, out, by, folds, progress=progress, n_boot=cfg.calibration.bootstrap, parallel=parallel)
 
 
+def check_data(data: str | Path, *, normal_class: str = "normal", max_distance: int = 4) -> dict:
+    """`chestxray data check`'s report as a dict: counts per split, class and source, unreadable files, duplicates,
+    patients across splits, warnings (such as a class that comes from one source only) and `problems` (what would make
+    training fail or be wrong; the command exits 1 where there are any)."""
+    from .data.check import check_dataset
+
+    return check_dataset(data, max_distance, normal_class)
+
+
+def merge_datasets(manifests: list[str | Path], out: str | Path | None = None, *, max_distance: int = 32,
+                   val: float = 0.15, test: float = 0.15, seed: int = 42) -> pd.DataFrame:
+    """Manifests of several datasets as one, as `chestxray data merge` makes it (copies across datasets found and
+    dropped by its rule, a patient-level split where none is given); written to `out` (and OUT-duplicates.csv) where
+    given. `df.attrs` holds the copies found, the rows dropped and why, and the notes."""
+    from .data.merge import merge_manifests
+
+    r = merge_manifests([Path(m) for m in manifests], max_distance, val, test, seed)
+    if out is not None:
+        r.write(Path(out))
+    df = pd.DataFrame(r.rows, columns=r.columns)
+    df.attrs.update(duplicates=list(r.duplicates), dropped=dict(r.dropped), per_dataset=dict(r.per_dataset),
+                    notes=list(r.notes), splits=dict(r.splits))
+    return df
+
+
 def import_dataset(fmt: str, root: str | Path, out: str | Path | None = None, mapping: dict[str, str] | None = None
                    ) -> pd.DataFrame:
     """A public dataset in its native layout as the project's manifest, as `chestxray data import` makes it (`fmt`:
@@ -134,6 +174,25 @@ def import_dataset(fmt: str, root: str | Path, out: str | Path | None = None, ma
     df = pd.DataFrame(r.rows)
     df.attrs.update(read=r.read, mapping=dict(r.mapping), skipped=dict(r.skipped), notes=list(r.notes))
     return df
+
+
+def train_lungs(data: str | Path, out: str | Path, *, sources: tuple[str, ...] | list[str] = ("cohen-v7",),
+                epochs: int = 40, batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = False) -> dict:
+    """Train a lung segmenter as `chestxray lungs train` does (OUT/lungs.pt, OUT/metrics.json); return its figures on
+    every source's val and test splits. Load it with `lung_model=OUT/lungs.pt` wherever a segmenter is taken."""
+    from .jobs.lungs import train_lungs as run
+
+    return run(data, out, tuple(sources), epochs, batch_size, lr, seed, progress)
+
+
+def evaluate_lungs(data: str | Path, *, lung_model: str | Path | None = None, split: str = "test",
+                   out: str | Path | None = None, bootstrap: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """Dice and IoU of a segmenter (the packaged one unless `lung_model`) per source of `split` with 95% patient-level
+    intervals, as `chestxray lungs evaluate`; written to `out` as JSON where given."""
+    from .jobs.lungs import evaluate_lungs as run
+    from .models.lungs import LungModel
+
+    return run(LungModel.load(lung_model), data, split, out, bootstrap)
 
 
 def segment_lungs(images: str | Path | list[str | Path], out: str | Path | None = None,

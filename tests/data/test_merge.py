@@ -91,3 +91,23 @@ def test_the_merge_command(two_datasets, tmp_path):
         merge_manifests([two_datasets[0]])
     with pytest.raises(DataError, match="same name"):
         merge_manifests([two_datasets[0], two_datasets[0]])
+
+
+def test_the_merge_and_check_api_give_the_commands_results(two_datasets, tmp_path):
+    import json
+
+    import pandas as pd
+
+    import chestxray
+
+    assert invoke("data", "merge", *two_datasets, "--out", tmp_path / "cli.csv").exit_code == 0
+    df = chestxray.merge_datasets(two_datasets, tmp_path / "api.csv")
+    cli = pd.read_csv(tmp_path / "cli.csv", keep_default_na=False, dtype=str)
+    assert list(df.columns) == list(cli.columns) and df.fillna("").astype(str).values.tolist() == cli.values.tolist()
+    assert (tmp_path / "api.csv").read_bytes() == (tmp_path / "cli.csv").read_bytes()
+    assert len(df.attrs["duplicates"]) == 3 and df.attrs["dropped"] == {
+        "copy of an image of an earlier dataset (site-a)": 2, "copy across datasets with different labels (both dropped)": 2}
+    res = invoke("data", "check", tmp_path / "api.csv", "--out", tmp_path / "check.json")
+    report = chestxray.check_data(tmp_path / "api.csv")
+    assert json.loads(json.dumps(report)) == json.loads((tmp_path / "check.json").read_text())
+    assert any("comes from one source only" in w for w in report["warnings"]) and res.exit_code == 0
