@@ -99,7 +99,12 @@ def test_the_lung_segmenter_trains_and_evaluates_from_python(tmp_path):
     from tests.models.test_lungs import lung_phantoms
 
     root = lung_phantoms(tmp_path / "lm", n=8)
-    r = chestxray.train_lungs(root, tmp_path / "seg", sources=["phantom"], epochs=1, batch_size=4)
+    r = chestxray.train_lungs(root, tmp_path / "seg", sources=["phantom"], epochs=1, batch_size=4, size=64)
+    from chestxray.models.lungs import LungModel
+
+    assert LungModel.load(tmp_path / "seg" / "lungs.pt").img_size == 64  # trained and stored at its own side
+    with pytest.raises(chestxray.errors.ChestXrayError, match="multiple of 32"):
+        chestxray.train_lungs(root, tmp_path / "bad", sources=["phantom"], size=100)
     assert (tmp_path / "seg" / "lungs.pt").exists()
     assert json.loads((tmp_path / "seg" / "metrics.json").read_text())["figures"] == json.loads(json.dumps(r["figures"]))
     again = chestxray.evaluate_lungs(root, lung_model=tmp_path / "seg" / "lungs.pt", split="test", bootstrap=50,

@@ -177,12 +177,13 @@ def import_dataset(fmt: str, root: str | Path, out: str | Path | None = None, ma
 
 
 def train_lungs(data: str | Path, out: str | Path, *, sources: tuple[str, ...] | list[str] = ("cohen-v7",),
-                epochs: int = 40, batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = False) -> dict:
+                epochs: int = 40, batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = False,
+                size: int | None = None) -> dict:
     """Train a lung segmenter as `chestxray lungs train` does (OUT/lungs.pt, OUT/metrics.json); return its figures on
-    every source's val and test splits. Load it with `lung_model=OUT/lungs.pt` wherever a segmenter is taken."""
+    every source's val and test splits (`size`: the side it sees, 256 px unless given). Load it with `lung_model=OUT/lungs.pt` wherever a segmenter is taken."""
     from .jobs.lungs import train_lungs as run
 
-    return run(data, out, tuple(sources), epochs, batch_size, lr, seed, progress)
+    return run(data, out, tuple(sources), epochs, batch_size, lr, seed, progress, *([size] if size else []))
 
 
 def evaluate_lungs(data: str | Path, *, lung_model: str | Path | None = None, split: str = "test",

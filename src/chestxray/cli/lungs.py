@@ -24,12 +24,13 @@ def lungs_train(
     batch_size: int = typer.Option(8, min=1, help="Images per batch."),
     lr: float = typer.Option(1e-3, min=0, help="AdamW learning rate (cosine decay)."),
     seed: int = typer.Option(0, help="Random seed."),
+    size: int = typer.Option(256, min=32, help="Side of the square the segmenter sees, in px (a multiple of 32)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Train the U-Net (EfficientNet-Lite0 encoder, ImageNet start) and evaluate it on every source's val and test."""
     from ..jobs.lungs import train_lungs
 
-    r = train_lungs(data, out, tuple(s.strip() for s in sources.split(",") if s.strip()), epochs, batch_size, lr, seed, not quiet)
+    r = train_lungs(data, out, tuple(s.strip() for s in sources.split(",") if s.strip()), epochs, batch_size, lr, seed, not quiet, size)
     for split, fig in r["figures"].items():
         typer.echo(tables.lung_overlap(fig["sources"], prefix=f"{split:5s} "))
     typer.echo(f"written: {out / 'lungs.pt'}, {out / 'metrics.json'}")

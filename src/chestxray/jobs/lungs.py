@@ -18,7 +18,7 @@ from ..data.io import read_xray
 from ..data.lung_masks import LungDataError, read_lung_masks, select
 from ..evaluation.intervals import resamples
 from ..files import write_text
-from ..models.lungs import LungModel, dice_iou, lung_fields
+from ..models.lungs import LUNG_SIZE, LungModel, dice_iou, lung_fields
 from ..training.lungs import fit_lungs
 
 log = logging.getLogger("chestxray")
@@ -28,10 +28,12 @@ V7_LICENCE = ("Trained on V7 Labs' lung annotations (CC BY 4.0) of images from C
 
 
 def train_lungs(data: str | Path, out: str | Path, sources: tuple[str, ...] = ("cohen-v7",), epochs: int = 40,
-                batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict:
-    """Train on DATA's train split of `sources` (validation: their val split) into OUT/lungs.pt; evaluate it on the val
-    and test splits of every source; return the figures (also OUT/metrics.json)."""
+                batch_size: int = 8, lr: float = 1e-3, seed: int = 0, progress: bool = True, size: int = LUNG_SIZE) -> dict:
+    """Train on DATA's train split of `sources` (validation: their val split) into OUT/lungs.pt, on images of `size` px
+    a side; evaluate it on the val and test splits of every source; return the figures (also OUT/metrics.json)."""
     out = Path(out)
+    if size < 32 or size % 32:
+        raise LungDataError(f"the segmenter's side must be a multiple of 32 px (its encoder halves it five times); got {size}")
     samples = read_lung_masks(data)
     train, val = select(samples, "train", sources), select(samples, "val", sources)
     if not train or not val:
@@ -39,8 +41,8 @@ def train_lungs(data: str | Path, out: str | Path, sources: tuple[str, ...] = ("
                             f"{sorted({s.source for s in samples})})")
     log.info("training the lung segmenter on %d images (%s), validating on %d", len(train), ", ".join(sources), len(val))
     t0 = time.time()
-    net, history = fit_lungs(train, val, out, epochs, batch_size, lr, seed, progress=progress)
-    model = LungModel(net, meta={
+    net, history = fit_lungs(train, val, out, epochs, batch_size, lr, seed, progress=progress, size=size)
+    model = LungModel(net, img_size=size, meta={
         "command": "chestxray lungs " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if "lungs" in sys.argv else "chestxray.jobs.lungs.train_lungs",
         "data": str(Path(data).resolve()), "trained_on": list(sources), "n_train": len(train), "n_val": len(val),
         "epochs": epochs, "seed": seed, "licence": V7_LICENCE if tuple(sources) == ("cohen-v7",) else "see the data's terms",
