@@ -45,14 +45,6 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
-def test_same_seed_gives_identical_metrics(uninterrupted, tiny_data, tmp_path):
-    again = tmp_path / "again"
-    res = cli("train", "--data", tiny_data, "--out", again, *FLAGS)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert (again / "metrics.json").read_text() == (uninterrupted / "metrics.json").read_text()
-    assert "lungs" not in metrics(again) and "audit" not in metrics(again)  # --no-lung-check, --no-audit
-
-
 @pytest.mark.parametrize("kill_after", ["head:2", "finetune:1"])
 def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tiny_data, tmp_path, kill_after):
     out = tmp_path / "killed"
@@ -65,7 +57,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tiny_data
     res = cli("train", "--resume", out)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming the {stage} stage" in res.stderr
+    # the same model as the run never killed, itself trained in another process: training is deterministic
     assert metrics(out) == metrics(uninterrupted)
+    assert "lungs" not in metrics(out) and "audit" not in metrics(out)  # --no-lung-check, --no-audit
     assert json.loads((out / "progress.json").read_text()) == {"done": ["head", "finetune"], "finished": True, "schema_version": 1}
 
 
