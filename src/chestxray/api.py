@@ -182,8 +182,9 @@ def train_lungs(data: str | Path, out: str | Path, *, sources: tuple[str, ...] |
     """Train a lung segmenter as `chestxray lungs train` does (OUT/lungs.pt, OUT/metrics.json); return its figures on
     every source's val and test splits (`size`: the side it sees, 256 px unless given). Load it with `lung_model=OUT/lungs.pt` wherever a segmenter is taken."""
     from .jobs.lungs import train_lungs as run
+    from .models.lungs import LUNG_SIZE
 
-    return run(data, out, tuple(sources), epochs, batch_size, lr, seed, progress, *([size] if size else []))
+    return run(data, out, tuple(sources), epochs, batch_size, lr, seed, progress, size or LUNG_SIZE)
 
 
 def evaluate_lungs(data: str | Path, *, lung_model: str | Path | None = None, split: str = "test",

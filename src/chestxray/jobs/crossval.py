@@ -149,21 +149,22 @@ def run_in_slots(tasks: list[tuple[str, list[str], Path]], slots: list[dict[str,
         raise ChestXrayError("crossval: fold(s) failed: " + "; ".join(failed))
 
 
+def _trained(run_dir: Path) -> bool:
+    return RunDir(run_dir).config.exists() and read_progress(run_dir).finished
+
+
 def _fold_done(folder: Path, by: str) -> bool:
-    run_dir = folder / "run"
-    trained = RunDir(run_dir).config.exists() and read_progress(run_dir).finished
-    return trained and (by != "source" or (folder / "held-out-eval" / "metrics.json").exists())
+    return _trained(folder / "run") and (by != "source" or (folder / "held-out-eval" / "metrics.json").exists())
 
 
 def run_fold(cfg: Config, folder: Path, by: str, n_boot: int, progress: bool, name: str = "") -> None:
     """Train one fold's run in FOLDER/run (resuming one begun) and, leaving a source out, evaluate it on
     FOLDER/held-out.csv into FOLDER/held-out-eval; what is already finished is kept."""
     run_dir = folder / "run"
-    files = RunDir(run_dir)
-    if not (files.config.exists() and read_progress(run_dir).finished):
+    if not _trained(run_dir):
         fold_cfg = Config.from_dict(cfg.to_dict())
         fold_cfg.data.data = str(folder / "train.csv")
-        resume = files.config.exists()
+        resume = RunDir(run_dir).config.exists()
         log.info("crossval %s: %s", name or folder.name, "resuming" if resume else "training")
         train_run(fold_cfg, run_dir, progress=progress, resume=resume, overwrite=False)
     if by == "source" and not (folder / "held-out-eval" / "metrics.json").exists():
