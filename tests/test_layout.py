@@ -8,7 +8,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "chestxray"
 # lowest first; a module may import its own layer and those below it. Training and evaluation are siblings (one
 # rank): neither imports the other, a job combines them. The package's __init__ is the top (the public API, lazily).
-LAYERS = [["errors"], ["files"], ["notices"], ["config"], ["rundir"], ["data"], ["models"], ["training", "evaluation"],
+LAYERS = [["errors", "logs"], ["files"], ["notices"], ["config"], ["rundir"], ["data"], ["models"], ["training", "evaluation"],
           ["jobs"], ["apps"], ["cli", "api"], ["__init__"]]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

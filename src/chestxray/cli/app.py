@@ -1,15 +1,15 @@
-"""The Typer application, its one error boundary, help grouped by section, and the project's log on stderr."""
+"""The Typer application, its one error boundary, help grouped by section, and the project's log on stderr
+(logs.setup_logging, once per command)."""
 
 from __future__ import annotations
 
 import errno
-import logging
-import sys
 
 import typer
 from typer.core import TyperArgument, TyperCommand
 
 from ..errors import ChestXrayError
+from ..logs import setup_logging
 
 app = typer.Typer(
     help="Infected-vs-Normal chest X-ray classification by two-stage transfer learning. "
@@ -18,7 +18,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click help: no type placeholders on flags
 )
-log = logging.getLogger("chestxray")
 
 
 class _Command(TyperCommand):
@@ -56,29 +55,6 @@ class _Command(TyperCommand):
                 name = param.metavar or param.name.upper()
                 pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
         return pieces
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of the message (a test runner may swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """The project's messages on stderr: INFO and above, DEBUG with --verbose. Set once per command."""
-    for h in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
-        log.removeHandler(h)
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    log.propagate = False
 
 
 @app.callback()

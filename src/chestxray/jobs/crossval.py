@@ -32,6 +32,7 @@ from ..data.importers import COLUMNS
 from ..data.sources import DataError, Sample, discover
 from ..errors import ChestXrayError
 from ..files import write_csv
+from ..logs import setup_logging
 from ..rundir import RunDir, write_json
 from ..training.runstate import read_progress
 from .evaluate import evaluate_run
@@ -234,11 +235,7 @@ def _row(f: dict, m: dict, own: dict | None) -> dict:
 
 def _fold_process(folder: Path) -> None:
     """One fold in a process of its own (`run_in_slots`): FOLDER/fold.json says what; messages go to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    setup_logging()
     spec = json.loads((folder / "fold.json").read_text())
     try:
         run_fold(Config.from_dict(spec["config"]), folder, spec["by"], spec["n_boot"], False, spec["name"])
