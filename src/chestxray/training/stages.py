@@ -439,6 +439,8 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BN, on purpose
             warnings.filterwarnings("ignore", ".*Experiment logs directory.*")
+            if continuing:  # the stage's own checkpoints, resumed from
+                warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if continuing else None)
         if earlier is not None:
             later = pd.read_csv(log_csv) if log_csv.exists() else pd.DataFrame()
