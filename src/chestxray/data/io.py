@@ -46,14 +46,19 @@ class XrayReadError(ChestXrayError):
         super().__init__(f"{path}: {reason}")
 
 
+def _head(path: Path) -> bytes:
+    """The first 132 bytes of `path` (as far as a DICOM file's magic); empty where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)
+    except OSError:
+        return b""
+
+
 def is_dicom(path: Path) -> bool:
     if path.suffix.lower() in {".dcm", ".dicom"}:
         return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
+    head = _head(path)
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
@@ -65,12 +70,7 @@ def is_image_file(path: str | Path) -> bool:
         return False
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return sniff(head) is not None
+    return sniff(_head(path)) is not None
 
 
 def list_images(folder: str | Path) -> list[Path]:
