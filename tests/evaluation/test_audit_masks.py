@@ -3,7 +3,7 @@
 import numpy as np
 
 from chestxray.evaluation.audit import lung_mask, masked, regions
-from chestxray.models.lungs import dilated
+from chestxray.models.lungs import LungFields, dilated
 
 
 class FixedLungs:
@@ -12,9 +12,9 @@ class FixedLungs:
     def __init__(self, masks):
         self.given = masks
 
-    def probabilities(self, images):
+    def fields(self, images):
         assert len(images) == len(self.given)
-        return [m.astype(np.float32) for m in self.given]
+        return [LungFields.of(m.astype(np.float32)) for m in self.given]
 
 
 def two_fields(side, shift):

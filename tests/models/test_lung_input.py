@@ -14,7 +14,7 @@ from chestxray.data.datamodule import decode_split
 from chestxray.data.sources import Sample
 from chestxray.data.transforms import Preprocessing
 from chestxray.files import load_checked, save_checked
-from chestxray.models.lungs import LUNG_MASK_FILL, default_lung_model, dilated, lung_box, lung_input
+from chestxray.models.lungs import LUNG_MASK_FILL, LungFields, default_lung_model, dilated, lung_box, lung_input
 from chestxray.models.predictor import CheckpointError, Predictor
 from tests.helpers import SHARED_DATA, invoke
 
@@ -54,7 +54,7 @@ def test_dilation_grows_by_a_disc_and_nothing_grows_in_from_the_border():
 
 def test_masking_keeps_the_dilated_lungs_and_blanks_the_rest():
     image, prob = two_fields()
-    out = lung_input(image, prob, crop=False, mask=True)
+    out = lung_input(image, LungFields.of(prob), crop=False, mask=True)
     keep = dilated(prob >= 0.5)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert (out[keep] == image[keep]).all() and (out[~keep] == LUNG_MASK_FILL).all()
@@ -63,12 +63,12 @@ def test_masking_keeps_the_dilated_lungs_and_blanks_the_rest():
 
 def test_cropping_resizes_the_lungs_box_to_the_whole_image():
     image, prob = two_fields()
-    out = lung_input(image, prob, crop=True, mask=False)
+    out = lung_input(image, LungFields.of(prob), crop=True, mask=False)
     top, bottom, left, right = lung_box(prob >= 0.5)
     assert out.shape == image.shape
     # the gradient runs along the columns: the crop's first and last columns are those of the box
     assert abs(int(out[50, 0]) - int(image[50, left])) <= 3 and abs(int(out[50, -1]) - int(image[50, right - 1])) <= 3
-    both = lung_input(image, prob, crop=True, mask=True)
+    both = lung_input(image, LungFields.of(prob), crop=True, mask=True)
     assert (both[:, 0] == LUNG_MASK_FILL).all() and both[50, 50] > LUNG_MASK_FILL  # masked first, then cropped
 
 
@@ -77,7 +77,7 @@ def test_an_image_without_a_plausible_pair_of_lungs_is_taken_whole():
     one = prob.copy()
     one[:, 50:] = 0.02  # one field only
     for p in (one, np.full_like(prob, 0.02)):
-        assert (lung_input(image, p, crop=True, mask=True) == image).all()
+        assert (lung_input(image, LungFields.of(p), crop=True, mask=True) == image).all()
 
 
 def test_the_lung_input_is_part_of_the_preprocessing_contract():
@@ -123,7 +123,7 @@ def test_a_lung_input_model_applies_it_everywhere(lung_run, tmp_path):
     table, _ = predictor.predict([Sample(p, None) for p in test_images])
     raw = decode_split([Sample(p, None) for p in test_images], 64, False, "x")
     probs = default_lung_model().probabilities(raw.images)
-    taken = np.stack([lung_input(raw.images[i], p, True, True) for i, p in enumerate(probs)])
+    taken = np.stack([lung_input(raw.images[i], LungFields.of(p), True, True) for i, p in enumerate(probs)])
     by_hand = predictor.p_infected(predictor.logits(taken))
     assert np.abs(table["p_infected"].to_numpy() - by_hand).max() < 1e-6
     assert np.abs(predictor.p_infected(predictor.logits(raw.images)) - by_hand).max() > 1e-3

@@ -171,3 +171,29 @@ def test_predict_says_where_no_lungs_are_found(tiny_run, tmp_path):
     assert "lungs_found" not in chestxray.load(tiny_run).predict([blank], lungs=False)
     lungs = chestxray.segment_lungs([blank], out=tmp_path / "masks")
     assert list(lungs["lungs_found"]) == [False] and (tmp_path / "masks" / "blank-mask.png").exists()
+
+
+def test_fields_keep_the_mask_and_the_verdict_of_every_image_across_batches():
+    """A split keeps `LungFields` (boolean masks and the check's verdict), read from the probabilities a batch at a
+    time: the same masks and verdicts as the probabilities themselves give, for more images than one batch holds."""
+    from chestxray.models.lungs import BATCH, LungFields, fields_found, lung_fields
+
+    class Given(LungModel):  # the segmenter's probabilities, stood in for: two plausible fields or noise, by turns
+        def probabilities(self, images):
+            self.calls.append(len(images))
+            return [probs[int(im[0, 0])] for im in images]
+
+    rng = np.random.default_rng(0)
+    pair = fields((25, 75, 15, 40), (25, 75, 60, 85)).astype(np.float32) * 0.9 + 0.05
+    probs = [pair, rng.random((100, 100)).astype(np.float32)] * (BATCH + 1)
+    images = [np.full((100, 100), i, np.uint8) for i in range(len(probs))]
+    model = Given(net=None)
+    model.calls = []
+    found = model.fields(images)
+    assert model.calls == [BATCH, BATCH, 2]  # never more than a batch of float maps at once
+    assert all(f.mask.dtype == bool for f in found)
+    for f, p in zip(found, probs):
+        assert (f.mask == (p >= 0.5)).all() and f.reason == lung_fields(p >= 0.5, p)
+    ok, reasons = fields_found(found)
+    assert ok.tolist() == [True, False] * (BATCH + 1) and reasons[1].startswith("no clear lung fields")
+    assert LungFields.of(pair).found and not LungFields.of(probs[1]).found

@@ -11,7 +11,7 @@ from ..data.cache import default_cache_dir
 from ..errors import ChestXrayError
 from ..files import atomic_path, file_lock, sha256
 from ..models.load import load_predictor
-from ..models.lungs import PACKAGED, LungModel, LungModelError, default_lung_model
+from ..models.lungs import PACKAGED, LungModel, LungModelError, default_lung_model, largest_difference
 from ..models.onnx_model import OnnxLungModel, OnnxPredictor
 from ..models.predictor import CheckpointError, Predictor, checkpoint_path
 from .export import export_onnx
@@ -149,7 +149,7 @@ def export_lungs(model: LungModel, out: Path) -> None:
         onnx_graph(SegmenterGraph(copy.deepcopy(model.net).float()).eval(), torch.zeros(2, 3, side, side), tmp, ["logits"])
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         ours = OnnxLungModel(net=None, img_size=side, session=session, names=("image", "logits"))
-        diff = max(float(np.abs(a - b).max()) for a, b in zip(ours.probabilities(images), model.probabilities(images)))
+        diff = largest_difference(ours, model, images)
         if diff > LUNG_TOLERANCE:
             raise LungModelError(f"{model.path}: its ONNX export differs from PyTorch by {diff:.1e} in P(lung) "
                                  f"(tolerance {LUNG_TOLERANCE:.0e}); use --engine torch")

@@ -28,6 +28,7 @@ from ..errors import ChestXrayError
 from ..evaluation.model_card import model_card
 from ..files import atomic_path, sha256
 from ..models.load import load_predictor
+from ..models.lungs import largest_difference
 from ..models.onnx_model import (
     CONTRACT_KEY,
     INPUT,
@@ -170,8 +171,7 @@ def export_onnx(run: str | Path, out: str | Path, images: list[str] | None = Non
         # each runtime's own lung input (its segmenter, then the crop or mask) where the model has one
         onnx_decoded = exported.with_lung_input(raw)
         p_onnx = exported.p_infected(exported.logits(onnx_decoded.images))
-        lung_diff = None if decoded.lung_probs is None else float(max(
-            (np.abs(a - b).max() for a, b in zip(decoded.lung_probs, onnx_decoded.lung_probs)), default=0.0))
+        lung_diff = None if decoded.lung_fields is None else largest_difference(predictor.segmenter, exported.segmenter, raw.images)
         p_graph = exported.run_graph(decoded.images, "p_infected").astype(np.float64)
         diff = float(max(np.abs(p_torch - p_onnx).max(), np.abs(p_torch - p_graph).max()))
         disagree = int((predictor.decide(p_torch) != predictor.decide(p_onnx)).sum())

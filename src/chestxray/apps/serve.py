@@ -159,9 +159,9 @@ class Service:
     def run_batch(self, images: list[np.ndarray]) -> list[dict]:
         p = self.predictor
         with self.lock:
-            taken, probs = p.lung_view(images)  # the model's own lung input, where its contract has one
+            taken, own = p.lung_view(images)  # the model's own lung input, where its contract has one
             logits, features = p.forward(taken)
-            found, fields = fields_found(probs) if probs is not None else lungs_found(self.lungs, images)
+            found, fields = fields_found(own) if own is not None else lungs_found(self.lungs, images)
         cols = p.outputs(logits, features if len(features) else None)
         per_class = {k[2:]: v for k, v in cols.items() if k.startswith("p_") and k != "p_infected"}
         if p.scheme.task == "binary":

@@ -41,17 +41,17 @@ class DecodedSplit:
     samples: list[Sample]  # the samples that decoded, in order
     images: ImageStore
     errors: list[XrayReadError] = field(default_factory=list)
-    # the lung segmenter's P(lung) per pixel of each image as it was decoded, where a model's lung input computed it
-    # (`images` then holds what the network takes: cropped to or masked by the lungs)
-    lung_probs: list[np.ndarray] | None = None
+    # the lung segmenter's fields (models.lungs.LungFields) of each image as it was decoded, where a model's lung input
+    # found them (`images` then holds what the network takes: cropped to or masked by the lungs)
+    lung_fields: list | None = None
 
     def subset(self, indices) -> "DecodedSplit":
         """The images at `indices`, in that order (the same decoded arrays, nothing read again)."""
         images = self.images
         kept = ImageStore([images.refs[i] for i in indices], images.side) if isinstance(images, ImageStore) \
             else [images[i] for i in indices]
-        probs = [self.lung_probs[i] for i in indices] if self.lung_probs is not None else None
-        return DecodedSplit([self.samples[i] for i in indices], kept, list(self.errors), probs)
+        fields = [self.lung_fields[i] for i in indices] if self.lung_fields is not None else None
+        return DecodedSplit([self.samples[i] for i in indices], kept, list(self.errors), fields)
 
 
 def decode_split(samples: list[Sample], img_size: int, skip_bad: bool, desc: str, cache_dir=None) -> DecodedSplit:

@@ -59,22 +59,22 @@ def masked(images, hide: np.ndarray | list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def regions(images, side: int, mask_source: str, lungs=None, probs: list[np.ndarray] | None = None
+def regions(images, side: int, mask_source: str, lungs=None, fields: list | None = None
             ) -> tuple[dict[str, object], int]:
     """The region hidden under each condition (one mask, or one per image) and how many images fell back to the
-    ellipses (per-image lungs where the segmenter found no plausible pair). `probs`: the segmenter's probabilities for
-    the images where the caller has them, else `lungs` computes them."""
+    ellipses (per-image lungs where the segmenter found no plausible pair). `fields`: the segmenter's lung fields
+    (models.lungs.LungFields) of the images where the caller has them, else `lungs` finds them."""
     ellipse = lung_mask(side)
     if mask_source == "ellipse":
         return {"lungs_hidden": ellipse, "lungs_only": ~ellipse, "borders_hidden": border_mask(side)}, 0
-    from ..models.lungs import dilated, lung_fields
+    from ..models.lungs import dilated
 
-    if probs is None:
-        probs = lungs.probabilities([np.asarray(images[i]) for i in range(len(images))])
+    if fields is None:
+        fields = lungs.fields([np.asarray(images[i]) for i in range(len(images))])
     hidden, kept, fallback = [], [], 0
-    for p in probs:
-        m = p >= 0.5
-        if lung_fields(m, p) != "ok":
+    for f in fields:
+        m = f.mask
+        if not f.found:
             m, fallback = ellipse if m.shape == ellipse.shape else lung_mask(m.shape[0]), fallback + 1
         hidden.append(dilated(m, HIDE_GROW))
         kept.append(~dilated(m, KEEP_GROW))
@@ -83,22 +83,22 @@ def regions(images, side: int, mask_source: str, lungs=None, probs: list[np.ndar
 
 def audit(predictor: Predictor, split: DecodedSplit, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
           original: torch.Tensor | None = None, mask_source: str = "lungs", lungs=None,
-          lung_probs: list[np.ndarray] | None = None) -> dict:
+          lung_fields: list | None = None) -> dict:
     """ROC-AUC (with 95% intervals) of the model under each masking condition, and a plain verdict.
 
     `original`: the predictor's logits on the images as they are, where the caller has them (one pass fewer).
     `mask_source`: 'lungs' (each image's own, by the segmenter `lungs`, the packaged one where None; or from
-    `lung_probs`, its probabilities for these images, where the caller has them) or 'ellipse'."""
+    `lung_fields`, its fields of these images, where the caller has them) or 'ellipse'."""
     if mask_source not in MASK_SOURCES:
         raise ValueError(f"mask_source must be one of {MASK_SOURCES}; got {mask_source!r}")
-    if mask_source == "lungs" and lungs is None and lung_probs is None:
+    if mask_source == "lungs" and lungs is None and lung_fields is None:
         from ..models.lungs import default_lung_model
 
         lungs = default_lung_model()
     y = np.array([predictor.scheme.is_infected(s.label) for s in split.samples])
     groups = patient_groups(split.samples)
     side = split.images.side if hasattr(split.images, "side") else np.asarray(split.images[0]).shape[0]
-    hide, fallback = regions(split.images, side, mask_source, lungs, lung_probs)
+    hide, fallback = regions(split.images, side, mask_source, lungs, lung_fields)
     results = {}
     for name, description in CONDITIONS.items():
         if name == "original" and original is not None:

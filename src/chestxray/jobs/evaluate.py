@@ -112,10 +112,10 @@ def write_run_outputs(
     plot_dir.mkdir(exist_ok=True)
     synthetic = header.synthetic
     note = "SYNTHETIC DATA" if synthetic else None
-    # the segmenter runs once per image: its probabilities serve the lung check and the audit's own-lung masks (a model
-    # with a lung input computed them on the images as decoded; its audit masks the images it takes, segmented anew)
-    lung_probs = predictor.lung_check_probabilities(split, lungs)
-    table = predictor.table(split, logits, features, lung_probs)  # every image, flagged ones with an empty decision
+    # the segmenter runs once per image: its lung fields serve the lung check and the audit's own-lung masks (a model
+    # with a lung input found them on the images as decoded; its audit masks the images it takes, segmented anew)
+    lung_fields = predictor.lung_check_fields(split, lungs)
+    table = predictor.table(split, logits, features, lung_fields)  # every image, flagged ones with an empty decision
     quality = table["image_quality"].to_numpy()
     flagged = np.flatnonzero(quality != OK)
     if len(flagged):  # no label, so no place in the figures: counted, named, excluded
@@ -124,7 +124,7 @@ def write_run_outputs(
         keep = np.flatnonzero(quality == OK)
         split, logits = split.subset(keep), logits[keep]
         features = features[keep] if features is not None else None
-        lung_probs = [lung_probs[i] for i in keep] if lung_probs is not None else None
+        lung_fields = [lung_fields[i] for i in keep] if lung_fields is not None else None
     log.info("metrics of %d %s images with 95%% intervals (%d bootstrap resamples)", len(split.samples),
              header.split or "", n_boot)
     metrics = {**header.to_dict(), "notes": [RESEARCH_NOTE] + ([SYNTHETIC_NOTE] if synthetic else []),
@@ -144,8 +144,8 @@ def write_run_outputs(
     if features is not None and predictor.ood is not None:
         metrics["out_of_distribution"] = ood_summary(predictor, y, p, features)
     if with_audit:
-        own = None if predictor.preprocessing.lung_input else lung_probs
-        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits, lungs=lungs, lung_probs=own)
+        own = None if predictor.preprocessing.lung_input else lung_fields
+        metrics["audit"] = audit(predictor, split, n_boot, seed, original=logits, lungs=lungs, lung_fields=own)
     log.info("plots, Grad-CAM examples and the report")
     plots.reliability(metrics["calibration"], plot_dir / "reliability.png", note)
     plots.roc_pr(y, p, plot_dir, f"{header.split} AUC={metrics['binary']['at_0.5']['roc_auc'] or float('nan'):.3f}", note)

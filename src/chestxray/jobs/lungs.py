@@ -18,7 +18,7 @@ from ..data.io import read_xray
 from ..data.lung_masks import LungDataError, read_lung_masks, select
 from ..evaluation.intervals import resamples
 from ..files import write_text
-from ..models.lungs import LUNG_SIZE, LungModel, dice_iou, lung_fields
+from ..models.lungs import LUNG_SIZE, LungFields, LungModel, dice_iou
 from ..training.lungs import fit_lungs
 
 log = logging.getLogger("chestxray")
@@ -105,10 +105,10 @@ def predict_lungs(model: LungModel, paths: list[str], out: str | Path | None = N
     rows = []
     for path in paths:
         image = read_xray(path)
-        prob = model.probabilities([image])[0]
-        mask = prob >= 0.5
-        row = {"path": str(path), "lung_fraction": float(mask.mean()), "lung_fields": lung_fields(mask, prob)}
-        row["lungs_found"] = row["lung_fields"] == "ok"
+        found = LungFields.of(model.probabilities([image])[0])
+        mask = found.mask
+        row = {"path": str(path), "lung_fraction": float(mask.mean()), "lung_fields": found.reason,
+               "lungs_found": found.found}
         if out is not None:
             stem = Path(path).stem
             Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"{stem}-mask.png")

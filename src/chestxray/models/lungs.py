@@ -96,6 +96,15 @@ class LungModel:
                 out.append(F.interpolate(pi[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy())
         return out
 
+    def fields(self, images) -> list["LungFields"]:
+        """`LungFields` of each decoded uint8 (H, W) image, a batch at a time: the probabilities of a batch are dropped
+        once read, so a split holds boolean masks: one byte per pixel instead of float32's four (64 KiB instead of 256 KiB
+        per image at 256 px)."""
+        out = []
+        for i in range(0, len(images), BATCH):
+            out.extend(LungFields.of(p) for p in self.probabilities([images[j] for j in range(i, min(i + BATCH, len(images)))]))
+        return out
+
     @property
     def identity(self) -> str:
         """What names these weights in a model contract: the file's name and the SHA-256 of its weights."""
@@ -194,16 +203,44 @@ def lung_fields(mask: np.ndarray, prob: np.ndarray | None = None) -> str:
     return "ok"
 
 
-def fields_found(probs: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    """Per image, from the segmenter's probabilities: whether they hold a plausible pair of lung fields, and what they
-    hold where they do not."""
-    reasons = [lung_fields(p >= 0.5, p) for p in probs]
-    return np.array([r == "ok" for r in reasons], bool), reasons
+def largest_difference(a: LungModel, b: LungModel, images) -> float:
+    """The largest difference in P(lung) between two segmenters (two runtimes of one) on the same decoded images,
+    compared a batch at a time."""
+    worst = 0.0
+    for i in range(0, len(images), BATCH):
+        chunk = [images[j] for j in range(i, min(i + BATCH, len(images)))]
+        worst = max([worst] + [float(np.abs(p - q).max()) for p, q in zip(a.probabilities(chunk), b.probabilities(chunk))])
+    return worst
+
+
+@dataclass(frozen=True)
+class LungFields:
+    """What the project reads from the segmenter's P(lung) of one image, kept in its place: the lung mask (P >= 0.5, at
+    the image's own size) and `reason`, 'ok' where it holds a plausible pair of lung fields found with confidence
+    (`lung_fields`), else why not. The lung check, the audit's own-lung masks, the lung input and Grad-CAM's share
+    inside the lungs all read these."""
+
+    mask: np.ndarray
+    reason: str
+
+    @classmethod
+    def of(cls, prob: np.ndarray) -> "LungFields":
+        mask = prob >= 0.5
+        return cls(mask, lung_fields(mask, prob))
+
+    @property
+    def found(self) -> bool:
+        return self.reason == "ok"
+
+
+def fields_found(fields: list[LungFields]) -> tuple[np.ndarray, list[str]]:
+    """Per image: whether the segmenter found a plausible pair of lung fields, and what it found where it did not."""
+    return np.array([f.found for f in fields], bool), [f.reason for f in fields]
 
 
 def lungs_found(model: LungModel, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
     """Per image: whether the segmenter finds a plausible pair of lung fields, and what it found where it does not."""
-    return fields_found(model.probabilities(images) if images else [])
+    return fields_found(model.fields(images) if len(images) else [])
 
 
 _DEFAULT: dict[str, LungModel] = {}
@@ -244,14 +281,14 @@ def lung_box(mask: np.ndarray, margin: float = LUNG_CROP_MARGIN) -> tuple[int, i
             max(0, int(np.floor(left - dx))), min(w, int(np.ceil(right + dx))))
 
 
-def lung_input(image: np.ndarray, prob: np.ndarray, crop: bool, mask: bool) -> np.ndarray:
+def lung_input(image: np.ndarray, lungs: LungFields, crop: bool, mask: bool) -> np.ndarray:
     """The image a classifier trained with --lung-mask and/or --lung-crop takes, at the image's own size: outside the
     dilated lung fields set to LUNG_MASK_FILL (mask), then the lungs' box with a margin resized to the whole image
     (crop; bilinear, antialiased). The image as it is where the segmenter finds no plausible pair of lung fields
     (`lungs_found` false in the predictions says so)."""
     image = np.asarray(image)
-    fields = prob >= 0.5
-    if not (crop or mask) or lung_fields(fields, prob) != "ok":
+    fields = lungs.mask
+    if not (crop or mask) or not lungs.found:
         return image
     out = np.where(dilated(fields), image, np.uint8(LUNG_MASK_FILL)).astype(np.uint8) if mask else image
     if crop:
@@ -262,8 +299,8 @@ def lung_input(image: np.ndarray, prob: np.ndarray, crop: bool, mask: bool) -> n
     return out
 
 
-def lung_inputs(images, probs: list[np.ndarray], crop: bool, mask: bool) -> np.ndarray:
+def lung_inputs(images, fields: list[LungFields], crop: bool, mask: bool) -> np.ndarray:
     """`lung_input` of each image, as one (N, S, S) uint8 array."""
     if not len(images):
         return np.zeros((0, 1, 1), np.uint8)
-    return np.stack([lung_input(images[i], p, crop, mask) for i, p in enumerate(probs)])
+    return np.stack([lung_input(images[i], f, crop, mask) for i, f in enumerate(fields)])

@@ -30,7 +30,7 @@ from ..errors import ChestXrayError
 from ..files import load_checked, save_checked
 from ..rundir import RunDir
 from .folding import folded_copy, probe_input
-from .lungs import LungModel, LungModelError, fields_found, lung_inputs
+from .lungs import LungFields, LungModel, LungModelError, fields_found, lung_inputs
 from .ood import FeatureDensity
 
 CHECKPOINT_FORMAT = "chestxray-checkpoint"
@@ -187,18 +187,18 @@ class Predictor:
 
     def decode(self, samples: list[Sample], skip_bad: bool = False, cache_dir=None, desc: str = "reading") -> DecodedSplit:
         """The samples decoded as this model takes them: with the lung input applied where the contract has one (the
-        segmenter's probabilities kept in `lung_probs`, for the lung check)."""
+        segmenter's fields kept in `lung_fields`, for the lung check)."""
         return self.with_lung_input(decode_split(samples, self.preprocessing.img_size, skip_bad, desc, cache_dir))
 
     def with_lung_input(self, split: DecodedSplit) -> DecodedSplit:
         """A decoded split as this model takes it (`lung_view`); the split itself for a model without a lung input."""
         if not self.preprocessing.lung_input:
             return split
-        images, probs = self.lung_view(split.images)
-        return DecodedSplit(split.samples, images, split.errors, probs)
+        images, fields = self.lung_view(split.images)
+        return DecodedSplit(split.samples, images, split.errors, fields)
 
-    def lung_view(self, images) -> tuple[object, list[np.ndarray] | None]:
-        """(the images as the network takes them, the segmenter's P(lung) of the images as given): decoded images
+    def lung_view(self, images) -> tuple[object, list[LungFields] | None]:
+        """(the images as the network takes them, the segmenter's lung fields of the images as given): decoded images
         cropped to or masked by their lungs where the contract's preprocessing says so (models.lungs.lung_input);
         else the images themselves and None."""
         prep = self.preprocessing
@@ -207,8 +207,8 @@ class Predictor:
         if self.segmenter is None:
             raise CheckpointError(f"{self.checkpoint}: the model takes images {prep.describe_lung_input()}, but its lung "
                                   "segmenter is missing")
-        probs = self.segmenter.probabilities(images)
-        return lung_inputs(images, probs, prep.lung_crop, prep.lung_mask), probs
+        fields = self.segmenter.fields(images)
+        return lung_inputs(images, fields, prep.lung_crop, prep.lung_mask), fields
 
     def outputs(self, logits: torch.Tensor, features: torch.Tensor | None = None,
                 quality: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -246,15 +246,15 @@ class Predictor:
         return out
 
     def table(self, split: DecodedSplit, logits: torch.Tensor, features: torch.Tensor | None = None,
-              lung_probs: list[np.ndarray] | None = None) -> pd.DataFrame:
+              lung_fields: list[LungFields] | None = None) -> pd.DataFrame:
         """One row per image: its path, `outputs` (with each image's quality), the threshold, and the label and
-        source where known. Given the lung segmenter's probabilities for the images: `lungs_found` (a plausible pair of lung fields, a second,
+        source where known. Given the lung segmenter's fields of the images: `lungs_found` (a plausible pair of lung fields, a second,
         anatomical out-of-distribution signal beside the feature density's) and `lung_fields` (what was found)."""
         cols = self.outputs(logits, features, quality_of(split.images))
         df = pd.DataFrame({"path": [s.path for s in split.samples], "p_infected": cols.pop("p_infected"),
                            "predicted": cols.pop("predicted"), "threshold": self.threshold, **cols})
-        if lung_probs is not None:
-            df["lungs_found"], df["lung_fields"] = fields_found(lung_probs)
+        if lung_fields is not None:
+            df["lungs_found"], df["lung_fields"] = fields_found(lung_fields)
         if any(s.label for s in split.samples):
             df["label"] = [s.label or "" for s in split.samples]
         if any(s.source for s in split.samples):
@@ -267,16 +267,16 @@ class Predictor:
         its reason in `image_quality`; with the lung segmenter, `lungs_found`), and the read errors of skipped files."""
         split = self.decode(samples, skip_bad)
         desc = "predicting" if len(split.images) > CPU_BATCH else None
-        lung_probs = self.lung_check_probabilities(split, lungs)
-        return self.table(split, *self.forward(split.images, desc=desc), lung_probs=lung_probs), split.errors
+        lung_fields = self.lung_check_fields(split, lungs)
+        return self.table(split, *self.forward(split.images, desc=desc), lung_fields=lung_fields), split.errors
 
-    def lung_check_probabilities(self, split: DecodedSplit, lungs: "LungModel | None") -> list[np.ndarray] | None:
-        """The segmenter's probabilities for the lung check of a split from `decode`: those its lung input computed
+    def lung_check_fields(self, split: DecodedSplit, lungs: "LungModel | None") -> list[LungFields] | None:
+        """The segmenter's lung fields for the lung check of a split from `decode`: those its lung input found
         (the model's own segmenter, on the images as decoded; always, since its input depends on them) where it has
         one, else `lungs`' (None: no check)."""
-        if split.lung_probs is not None or lungs is None:
-            return split.lung_probs
-        return lungs.probabilities(split.images)
+        if split.lung_fields is not None or lungs is None:
+            return split.lung_fields
+        return lungs.fields(split.images)
 
     @property
     def training_data(self) -> Path:

@@ -123,6 +123,7 @@ def fit_lungs(train: list[LungSample], val: list[LungSample], out: Path, epochs:
     module = LungModule(net, lr, epochs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*treespec.*")  # Lightning's own use of a deprecated torch name
         trainer.fit(module, loaders["train"], loaders["val"])
     best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(best)
