@@ -26,7 +26,7 @@ def decode_pairs(samples: list[LungSample], size: int = LUNG_SIZE) -> tuple[torc
     images, masks, ignores = [], [], []
     for s in samples:
         image, mask, ignore = load_sample(s)
-        images.append(F.interpolate(torch.from_numpy(image).float()[None, None] / 255, size=(size, size), mode="bilinear",
+        images.append(F.interpolate(torch.from_numpy(np.array(image, np.float32))[None, None] / 255, size=(size, size), mode="bilinear",
                                     align_corners=False, antialias=True)[0])
         for src, dst in ((mask, masks), (ignore, ignores)):
             dst.append(F.interpolate(torch.from_numpy(src.astype(np.float32))[None, None], size=(size, size), mode="nearest")[0])
