@@ -41,6 +41,7 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
     start = time.time()
     res = cli("train", "--data", tiny_data, "--out", out, *FLAGS)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "Warning" not in res.stderr, res.stderr  # no library's warnings on the terminal (Lightning's, torch's)
     (out.parent / "wall.json").write_text(json.dumps({"seconds": time.time() - start}))
     return out
 
@@ -58,6 +59,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tiny_data
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming the {stage} stage" in res.stderr
     assert "exists and is not empty" not in res.stderr  # the stage's own checkpoints: no warning about them
+    assert "Warning" not in res.stderr, res.stderr  # nothing of the libraries' own noise on a user's terminal
     # the same model as the run never killed, itself trained in another process: training is deterministic
     assert metrics(out) == metrics(uninterrupted)
     assert "lungs" not in metrics(out) and "audit" not in metrics(out)  # --no-lung-check, --no-audit

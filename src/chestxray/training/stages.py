@@ -260,7 +260,6 @@ def prepare_run(cfg: Config, out: Path, resume: bool = False, overwrite: bool = 
         if resume and read_progress(out).finished:
             raise RunDirError(f"{out}: this run finished; there is nothing to resume")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # device banners and tips
-    warnings.filterwarnings("ignore", ".*treespec.*")
     get_spec(cfg.model.model)  # fail on an unknown model before decoding anything
     L.seed_everything(cfg.optim.seed, workers=True, verbose=False)
     writer = launched_as_global_zero()
@@ -439,6 +438,7 @@ def fit_stage(run: Run, stage: str, progress: bool) -> dict:
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BN, on purpose
             warnings.filterwarnings("ignore", ".*Experiment logs directory.*")
+            warnings.filterwarnings("ignore", ".*treespec.*")  # Lightning's own use of a deprecated torch name
             if continuing:  # the stage's own checkpoints, resumed from
                 warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if continuing else None)
